@@ -1,0 +1,90 @@
+"""Fixes for RecBole 1.2.1 on the pinned stack, all in one place.
+
+Each fix is a small function named after what it repairs; ``apply_all`` runs them once and
+is called when ``recbole_bifair`` is imported. Every fix has its own test in
+``tests/test_compat.py``. The other known breakages (numpy 2, pandas 3, scipy >= 1.13,
+ray's setuptools) are avoided by the pins in ``setup.cfg`` rather than patched.
+"""
+import types
+
+import torch
+
+_applied = False
+
+
+def fix_collector_moves_only_tensors():
+    """``Collector.get_data_struct`` calls ``.cpu()`` on every collected value, including the
+    ints and Counters behind ``data.num_items`` / ``data.count_items``, so GiniIndex,
+    ItemCoverage, AveragePopularity and TailPercentage crash (RecBole issues 2131, 2191).
+    Move tensors only; everything else is kept as it is."""
+    import copy
+
+    from recbole.evaluator.collector import Collector
+
+    def get_data_struct(self):
+        data = self.data_struct._data_dict
+        for key, value in data.items():
+            if isinstance(value, torch.Tensor):
+                data[key] = value.cpu()
+        returned_struct = copy.deepcopy(self.data_struct)
+        for key in ["rec.topk", "rec.meanrank", "rec.score", "rec.items", "data.label"]:
+            if key in self.data_struct:
+                del self.data_struct[key]
+        return returned_struct
+
+    Collector.get_data_struct = get_data_struct
+
+
+class _TorchTrustingOwnCheckpoints(types.ModuleType):
+    """Stands in for ``torch`` inside RecBole's trainer module: identical,
+    except that ``load`` defaults to ``weights_only=False``. RecBole's checkpoints pickle its
+    ``Config``, which torch >= 2.6 refuses to unpickle by default. Only checkpoints that RecBole
+    itself wrote are read through that module."""
+
+    def __init__(self):
+        super().__init__("torch")
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def load(f, *args, **kwargs):
+        kwargs.setdefault("weights_only", False)
+        return torch.load(f, *args, **kwargs)
+
+
+def fix_checkpoint_loading_weights_only():
+    """torch >= 2.6 loads with ``weights_only=True``: ``Trainer.resume_checkpoint``,
+    ``Trainer.evaluate(load_best_model=True)`` then fail on the pickled ``Config``. Let the
+    trainer module load its own checkpoints in full. (``load_data_and_model`` has its own
+    replacement in ``recbole_bifair.quick_start``, which also resolves the plugin's models.)"""
+    import recbole.trainer.trainer as trainer_module
+
+    if not isinstance(trainer_module.torch, _TorchTrustingOwnCheckpoints):
+        trainer_module.torch = _TorchTrustingOwnCheckpoints()
+
+
+def default_no_negative_sampling_for_ce(final_config, external_config):
+    """RecBole's ``overall.yaml`` samples one negative per training example, and its ``Config``
+    then refuses every sequential model with ``loss_type: CE`` (SASRec's default) unless the
+    user sets ``train_neg_sample_args: ~`` by hand. Where the user did not set it, CE models
+    get no negative sampling, as their loss needs none. Called by the plugin's ``Config``."""
+    from recbole.utils import ModelType
+
+    if (
+        final_config.get("loss_type") == "CE"
+        and final_config.get("MODEL_TYPE") == ModelType.SEQUENTIAL
+        and "train_neg_sample_args" not in external_config
+    ):
+        final_config["train_neg_sample_args"] = None
+    return final_config
+
+
+def apply_all():
+    """Apply every fix once (idempotent)."""
+    global _applied
+    if _applied:
+        return
+    fix_collector_moves_only_tensors()
+    fix_checkpoint_loading_weights_only()
+    _applied = True

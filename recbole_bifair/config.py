@@ -1,0 +1,48 @@
+"""The plugin's ``Config``: RecBole's, with model names resolved by the plugin first and the
+plugin's YAML files layered over RecBole's (the shape of RecBole-GNN's ``Config``)."""
+import os
+
+from recbole.config import Config as RecBoleConfig
+
+from recbole_bifair import compat
+from recbole_bifair.model.llm_enhanced import split_family_name
+from recbole_bifair.utils import get_model, properties_dir
+
+
+class Config(RecBoleConfig):
+    """Configuration for plain RecBole models and the plugin's ``LLM<Backbone>`` /
+    ``BiFair<Backbone>`` models.
+
+    Internal configuration, lowest priority first: RecBole's ``overall.yaml``, the backbone's
+    ``<Backbone>.yaml``, RecBole's dataset and quick-start YAMLs, then the plugin's
+    ``overall.yaml``, ``dataset/<dataset>.yaml``, ``model/<Family>.yaml`` and
+    ``model/<Model>.yaml``. Config files,
+    ``config_dict`` and ``--key=value`` override all of them, as in RecBole.
+    """
+
+    def _get_model_and_dataset(self, model, dataset):
+        if model is None:
+            model = self.external_config_dict.get("model")
+        if isinstance(model, str):
+            model = get_model(model)
+        return super()._get_model_and_dataset(model, dataset)
+
+    def _load_internal_config_dict(self, model, model_class, dataset):
+        family, backbone_name = split_family_name(model)
+        super()._load_internal_config_dict(backbone_name if family else model, model_class, dataset)
+        for file_name in plugin_yaml_files(model, family, dataset):
+            self._update_internal_config_dict(file_name)
+
+    def _get_final_config_dict(self):
+        final_config = super()._get_final_config_dict()
+        return compat.default_no_negative_sampling_for_ce(final_config, self.external_config_dict)
+
+
+def plugin_yaml_files(model, family, dataset):
+    """The plugin's YAML files that exist for ``model`` and ``dataset``, lowest priority first."""
+    root = properties_dir()
+    candidates = [os.path.join(root, "overall.yaml"), os.path.join(root, "dataset", dataset + ".yaml")]
+    if family is not None:
+        candidates.append(os.path.join(root, "model", family + ".yaml"))
+    candidates.append(os.path.join(root, "model", model + ".yaml"))
+    return [path for path in candidates if os.path.isfile(path)]

@@ -1,0 +1,121 @@
+"""``LLM<Backbone>`` and ``BiFair<Backbone>``: any RecBole model with its item table replaced by
+the LLM item-embedding layer (``recbole_bifair.llm.layer.LLMItemEmbedding``).
+
+One generic mechanism builds every such class from RecBole's model: the backbone is built as
+usual (including its own ``self.apply(init)``), then its item table is swapped for the layer,
+so RecBole's init never overwrites the LLM vectors.
+- ``LLM<Backbone>``: the LLM-enhanced baseline; ``E`` frozen (``llm_freeze``), trained by
+  RecBole's own trainer.
+- ``BiFair<Backbone>``: ``E`` trainable, updated only by ``BiFairTrainer``'s outer level.
+"""
+import functools
+
+from torch import nn
+
+from recbole_bifair.errors import BiFairInputError
+from recbole_bifair.llm.layer import LLMItemEmbedding, build_projector
+
+FAMILY_PREFIXES = ("BiFair", "LLM")
+
+
+def split_family_name(model_name):
+    """``"BiFairSASRec" -> ("BiFair", "SASRec")``; a name without a plugin prefix gives
+    ``(None, model_name)``."""
+    for prefix in FAMILY_PREFIXES:
+        if model_name.startswith(prefix) and len(model_name) > len(prefix):
+            return prefix, model_name[len(prefix):]
+    return None, model_name
+
+
+def item_table_names(model, config):
+    """The attributes of ``model`` that hold its item table(s): ``llm_item_tables`` from
+    config, else ``item_embedding``."""
+    names = config["llm_item_tables"] or ["item_embedding"]
+    for name in names:
+        table = getattr(model, name, None)
+        if not isinstance(table, nn.Embedding):
+            raise BiFairInputError(
+                f"{type(model).__name__}: backbone has no item table '{name}' (an nn.Embedding) "
+                "to replace with the LLM layer; set llm_item_tables to the names of its item "
+                "embedding attributes, or use a backbone listed in the README."
+            )
+    return names
+
+
+def llm_item_embedding_for(table, llm_table, config, freeze):
+    """The LLM layer that replaces the ``nn.Embedding`` ``table``: same output width, same
+    padding row, and trainable extra rows where the table has more rows than items."""
+    n_extra_rows = table.num_embeddings - llm_table.shape[0]
+    if n_extra_rows < 0:
+        raise BiFairInputError(
+            f"The LLM table has {llm_table.shape[0]} rows but the backbone's item table only "
+            f"{table.num_embeddings}: the embedding file does not match this dataset."
+        )
+    projector = build_projector(
+        llm_table.shape[1],
+        table.embedding_dim,
+        n_layers=config["projector_layers"],
+        hidden_dim=config["projector_hidden"],
+        activation=config["projector_activation"],
+        dropout=config["projector_dropout"],
+    )
+    padding_idx = 0 if table.padding_idx is None else table.padding_idx
+    return LLMItemEmbedding(llm_table, projector, freeze=freeze, padding_idx=padding_idx, n_extra_rows=n_extra_rows)
+
+
+class LLMEnhancedMixin:
+    """What every LLM-enhanced model adds to its backbone."""
+
+    bifair = False
+
+    def _install_llm_item_embeddings(self, config, dataset):
+        from recbole_bifair.llm import load_item_embeddings
+
+        llm_table = load_item_embeddings(config, dataset)
+        freeze = False if self.bifair else bool(config["llm_freeze"])
+        for name in item_table_names(self, config):
+            layer = llm_item_embedding_for(getattr(self, name), llm_table, config, freeze)
+            setattr(self, name, layer.to(llm_table.device if llm_table.is_cuda else config["device"]))
+
+    def llm_item_embeddings(self):
+        """The model's LLM layers (one per replaced item table)."""
+        return [m for m in self.modules() if isinstance(m, LLMItemEmbedding)]
+
+    def llm_parameters(self):
+        """``E``: the LLM tables, BiFair's outer-level parameters."""
+        return [layer.llm_weight for layer in self.llm_item_embeddings()]
+
+    def inner_parameters(self):
+        """``theta``: projector and backbone, everything but ``E``."""
+        outer = {id(p) for p in self.llm_parameters()}
+        return [p for p in self.parameters() if id(p) not in outer]
+
+
+@functools.lru_cache(maxsize=None)
+def build_llm_model(family, backbone):
+    """The class ``<family><Backbone>`` built from RecBole model class ``backbone``."""
+
+    def __init__(self, config, dataset):
+        backbone.__init__(self, config, dataset)
+        self._install_llm_item_embeddings(config, dataset)
+
+    doc = (
+        f"{backbone.__name__} with its item table replaced by the LLM item-embedding layer"
+        + (", trained by BiFairTrainer's bi-level update." if family == "BiFair" else " (frozen LLM table).")
+    )
+    return type(
+        family + backbone.__name__,
+        (LLMEnhancedMixin, backbone),
+        {"__init__": __init__, "__doc__": doc, "bifair": family == "BiFair", "__module__": __name__},
+    )
+
+
+def __getattr__(name):
+    """Lets pickle find built classes by name (RecBole's checkpoints pickle the Config,
+    which holds the model class)."""
+    family, _ = split_family_name(name)
+    if family is None:
+        raise AttributeError(name)
+    from recbole_bifair.utils import get_model
+
+    return get_model(name)

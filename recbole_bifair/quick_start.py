@@ -1,0 +1,108 @@
+"""RecBole's quick-start pipeline for plugin and RecBole models: config, dataset, split,
+model, trainer, fit, test (the shape of ``recbole.quick_start`` and RecBole-GNN's)."""
+import logging
+import sys
+from logging import getLogger
+
+import torch
+from recbole.data import create_dataset, data_preparation
+from recbole.data.transform import construct_transform
+from recbole.utils import get_environment, get_flops, init_logger, init_seed, set_color
+
+from recbole_bifair.config import Config
+from recbole_bifair.model.llm_enhanced import split_family_name
+from recbole_bifair.utils import get_model, get_trainer
+
+
+def prepare_run(config):
+    """Dataset, splits, model and trainer for ``config``, in RecBole's order and seeding."""
+    from recbole_bifair.data import ensure_dataset
+    from recbole_bifair.evaluator import build_item_groups
+
+    ensure_dataset(config)
+    dataset = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    if uses_item_groups(config):
+        build_item_groups(config, train_data.dataset, valid_data.dataset, test_data.dataset)
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    return dataset, train_data, valid_data, test_data, model, trainer
+
+
+def uses_item_groups(config):
+    """Whether the run needs item groups: a BiFair model or a fairness metric."""
+    from recbole_bifair.evaluator import FAIRNESS_METRICS
+
+    fairness = {metric.__name__.lower() for metric in FAIRNESS_METRICS}
+    is_bifair = split_family_name(config["model"])[0] == "BiFair"
+    return is_bifair or any(metric.lower() in fairness for metric in config["metrics"])
+
+
+def run_recbole_bifair(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True):
+    """Train and test ``model`` on ``dataset``; returns RecBole's result dict
+    (``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``, ``test_result``)."""
+    config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(sys.argv)
+    logger.info(config)
+
+    dataset, train_data, valid_data, test_data, model, trainer = prepare_run(config)
+    logger.info(dataset)
+    logger.info(model)
+    flops = get_flops(model, dataset, config["device"], logger, construct_transform(config))
+    logger.info(set_color("FLOPs", "blue") + f": {flops}")
+
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+    )
+    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+
+    logger.info("The running environment of this training is as follows:\n" + get_environment(config).draw())
+    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
+    logger.info(set_color("test result", "yellow") + f": {test_result}")
+    return {
+        "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": best_valid_result,
+        "test_result": test_result,
+    }
+
+
+def objective_function(config_dict=None, config_file_list=None, saved=True):
+    """The objective RecBole's ``HyperTuning`` calls, for plugin and RecBole models."""
+    config = Config(config_dict=config_dict, config_file_list=config_file_list)
+    init_seed(config["seed"], config["reproducibility"])
+    logger = getLogger()
+    for handler in logger.handlers[:]:
+        logger.removeHandler(handler)
+    init_logger(config)
+    logging.basicConfig(level=logging.ERROR)
+    _, train_data, valid_data, test_data, model, trainer = prepare_run(config)
+    best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, verbose=False, saved=saved)
+    test_result = trainer.evaluate(test_data, load_best_model=saved)
+    return {
+        "model": config["model"],
+        "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": best_valid_result,
+        "test_result": test_result,
+    }
+
+
+def load_data_and_model(model_file):
+    """Config, model (with the checkpoint's weights), dataset and splits from a checkpoint
+    written by a plugin run (RecBole's function, resolving the plugin's models)."""
+    checkpoint = torch.load(model_file, map_location="cpu", weights_only=False)
+    config = checkpoint["config"]
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    dataset = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    init_seed(config["seed"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    model.load_state_dict(checkpoint["state_dict"])
+    model.load_other_parameter(checkpoint.get("other_parameter"))
+    return config, model, dataset, train_data, valid_data, test_data

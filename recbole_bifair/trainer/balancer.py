@@ -1,0 +1,202 @@
+"""Adaptive inter-group balancing: the weights BiFair puts on each item group's loss.
+
+The paper's abstract says only that the balancing "leverages multi-objective optimization
+principles"; every strategy below is our reconstruction [ours]. Each group's loss is one
+objective; a strategy turns the group losses of a batch into weights over the groups.
+
+- ``softmax``: entropy-regularised worst-group weighting, ``w = softmax(Lbar / tau)`` over
+  exponential moving averages ``Lbar_g`` of the group losses.
+- ``mgda``: the min-norm point of the group gradients over the simplex (multiple-gradient
+  descent), with an entropy term so the weights do not collapse:
+  ``w = argmin_{w in simplex} ||sum_g w_g grad_g||^2 - mu * H(w)``, solved by exponentiated
+  gradient (mirror descent), which handles the entropy term directly.
+- ``dro``: GroupDRO's exponentiated-gradient ascent, ``q_g <- q_g * exp(eta * L_g)``, normalised.
+- ``uniform``: ``w_g = 1 / K`` (the ablation without adaptive weights).
+- ``inverse_frequency``: ``w_g`` proportional to ``1 / share_g``, the group's share of training
+  interactions (an IPS-like baseline).
+- ``fixed``: user-given weights (``fixed_group_weights``).
+
+Weights are over all K groups and sum to 1; groups absent from a batch are skipped by the
+loss (``losses.weighted_group_loss``) and do not update a strategy's state.
+"""
+import math
+
+import torch
+
+from recbole_bifair.errors import BiFairInputError
+
+
+class Balancer:
+    """Turns group losses into group weights; ``update`` once per batch, then ``weights``."""
+
+    needs_gradients = False
+
+    def __init__(self, n_groups):
+        self.n_groups = n_groups
+
+    def update(self, group_losses, counts, group_gradients=None):
+        """Take in one batch's detached group losses ``[K]`` and example counts ``[K]``."""
+
+    def weights(self):
+        raise NotImplementedError
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+class UniformBalancer(Balancer):
+    def weights(self):
+        return torch.full((self.n_groups,), 1.0 / self.n_groups)
+
+
+class FixedBalancer(Balancer):
+    def __init__(self, n_groups, fixed_weights):
+        super().__init__(n_groups)
+        if fixed_weights is None or len(fixed_weights) != n_groups or min(fixed_weights) < 0 or sum(fixed_weights) <= 0:
+            raise BiFairInputError(
+                f"balancer 'fixed' needs fixed_group_weights: {n_groups} non-negative numbers "
+                f"(one per item group), got {fixed_weights!r}."
+            )
+        weights = torch.as_tensor(fixed_weights, dtype=torch.float32)
+        self._weights = weights / weights.sum()
+
+    def weights(self):
+        return self._weights.clone()
+
+
+class InverseFrequencyBalancer(Balancer):
+    def __init__(self, n_groups, train_share):
+        super().__init__(n_groups)
+        share = torch.as_tensor(train_share, dtype=torch.float32).clamp(min=1e-12)
+        inverse = 1.0 / share
+        self._weights = inverse / inverse.sum()
+
+    def weights(self):
+        return self._weights.clone()
+
+
+class SoftmaxBalancer(Balancer):
+    """``w = softmax(Lbar / temperature)``, ``Lbar_g <- decay * Lbar_g + (1 - decay) * L_g``
+    for the groups present in the batch (``Lbar_g`` starts at its first observation)."""
+
+    def __init__(self, n_groups, temperature=1.0, ema_decay=0.9):
+        super().__init__(n_groups)
+        if temperature <= 0:
+            raise BiFairInputError(f"balancer_temperature must be > 0, got {temperature!r}.")
+        if not 0 <= ema_decay < 1:
+            raise BiFairInputError(f"balancer_ema_decay must be in [0, 1), got {ema_decay!r}.")
+        self.temperature = temperature
+        self.ema_decay = ema_decay
+        self.smoothed_losses = torch.zeros(n_groups)
+        self.seen = torch.zeros(n_groups, dtype=torch.bool)
+
+    def update(self, group_losses, counts, group_gradients=None):
+        losses, present = group_losses.detach().float().cpu(), counts.cpu() > 0
+        first = present & ~self.seen
+        later = present & self.seen
+        self.smoothed_losses[first] = losses[first]
+        self.smoothed_losses[later] = self.ema_decay * self.smoothed_losses[later] + (1 - self.ema_decay) * losses[later]
+        self.seen |= present
+
+    def weights(self):
+        if not self.seen.any():
+            return torch.full((self.n_groups,), 1.0 / self.n_groups)
+        mean_seen = self.smoothed_losses[self.seen].mean()
+        filled = torch.where(self.seen, self.smoothed_losses, mean_seen)
+        return torch.softmax(filled / self.temperature, dim=0)
+
+    def state_dict(self):
+        return {"smoothed_losses": self.smoothed_losses.clone(), "seen": self.seen.clone()}
+
+
+class GroupDROBalancer(Balancer):
+    """GroupDRO (Sagawa et al., 2020): ``q_g <- q_g * exp(step_size * L_g)``, renormalised."""
+
+    def __init__(self, n_groups, step_size=0.01):
+        super().__init__(n_groups)
+        if step_size <= 0:
+            raise BiFairInputError(f"dro_step_size must be > 0, got {step_size!r}.")
+        self.step_size = step_size
+        self.q = torch.full((n_groups,), 1.0 / n_groups)
+
+    def update(self, group_losses, counts, group_gradients=None):
+        present = (counts.cpu() > 0).float()
+        self.q = self.q * torch.exp(self.step_size * group_losses.detach().float().cpu() * present)
+        self.q = self.q / self.q.sum()
+
+    def weights(self):
+        return self.q.clone()
+
+    def state_dict(self):
+        return {"q": self.q.clone()}
+
+
+def min_norm_weights(gram, entropy_weight=0.0, iterations=500, step_size=1.0):
+    """``argmin_{w in simplex} w^T G w - mu * H(w)`` for the Gram matrix ``G`` of the group
+    gradients (``G_gh = <grad_g, grad_h>``), by exponentiated gradient from uniform weights.
+    ``G`` is scaled by its largest diagonal entry first (the minimiser does not change when
+    ``mu`` is scaled with it), so ``step_size`` needs no tuning."""
+    gram = gram.double()
+    scale = gram.diagonal().max().clamp(min=1e-30)
+    gram = gram / scale
+    k = gram.shape[0]
+    log_w = torch.full((k,), -math.log(k), dtype=torch.float64)
+    for _ in range(iterations):
+        w = torch.softmax(log_w, dim=0)
+        gradient = 2 * gram @ w + entropy_weight * (torch.log(w) + 1)
+        log_w = log_w - step_size * gradient
+    return torch.softmax(log_w, dim=0).float()
+
+
+class MGDABalancer(Balancer):
+    """Min-norm weights of the present groups' gradients (see ``min_norm_weights``); absent
+    groups keep their last weight. The trainer chooses the parameters the gradients are taken
+    over (``BiFairTrainer._mgda_shared_parameters``)."""
+
+    needs_gradients = True
+
+    def __init__(self, n_groups, entropy_weight=0.1):
+        super().__init__(n_groups)
+        if entropy_weight < 0:
+            raise BiFairInputError(f"mgda_entropy_weight must be >= 0, got {entropy_weight!r}.")
+        self.entropy_weight = entropy_weight
+        self._weights = torch.full((n_groups,), 1.0 / n_groups)
+
+    def update(self, group_losses, counts, group_gradients=None):
+        present = (counts.cpu() > 0).nonzero().flatten()
+        if len(present) == 0:
+            return
+        grads = group_gradients.detach().double().cpu()[present]
+        solution = min_norm_weights(grads @ grads.T, self.entropy_weight)
+        mass = self._weights[present].sum()
+        self._weights[present] = solution * mass
+
+    def weights(self):
+        return self._weights.clone()
+
+    def state_dict(self):
+        return {"_weights": self._weights.clone()}
+
+
+STRATEGIES = ("softmax", "mgda", "dro", "uniform", "inverse_frequency", "fixed")
+
+
+def build_balancer(strategy, config, n_groups, train_share):
+    """The balancer named ``strategy`` with its settings from ``config``."""
+    if strategy == "softmax":
+        return SoftmaxBalancer(n_groups, config["balancer_temperature"], config["balancer_ema_decay"])
+    if strategy == "mgda":
+        return MGDABalancer(n_groups, config["mgda_entropy_weight"])
+    if strategy == "dro":
+        return GroupDROBalancer(n_groups, config["dro_step_size"])
+    if strategy == "uniform":
+        return UniformBalancer(n_groups)
+    if strategy == "inverse_frequency":
+        return InverseFrequencyBalancer(n_groups, train_share)
+    if strategy == "fixed":
+        return FixedBalancer(n_groups, config["fixed_group_weights"])
+    raise BiFairInputError(f"Unknown balancer '{strategy}'; choose one of {', '.join(STRATEGIES)}.")

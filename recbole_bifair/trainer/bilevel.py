@@ -1,0 +1,150 @@
+"""BiFair's outer level: the hypergradient of the fairness-aware objective with respect to the
+LLM item table ``E``, through a one-step look-ahead of the inner update.
+
+This is our reconstruction [ours] of the nested update the abstract describes (the paper's
+text and code are not public), in the style of DARTS / MAML:
+
+    theta'  = theta - xi * grad_theta L_in(E, theta; B_train)
+    F(E)    = sum_g lambda_g L_g(E, theta'; B_meta) / sum_g lambda_g  +  beta * ||E - E0||^2
+    dF/dE   = d_E F(E, theta')  -  xi * (d^2 L_in / dE dtheta) . d_theta' F(E, theta')
+
+``L_in`` is the inner level's group-weighted loss, ``lambda`` the outer balancer's weights and
+``B_meta`` a batch the inner step has not used. Three ways to get ``dF/dE``:
+- ``first_order``: drops the second term (the Hessian-vector product);
+- ``finite_difference``: the Hessian-vector product by central differences,
+  ``[grad_E L_in(E, theta + eps v) - grad_E L_in(E, theta - eps v)] / (2 eps)``,
+  ``v = d_theta' F``, ``eps = 0.01 / ||v||``;
+- ``exact``: autograd through the look-ahead (``torch.func.functional_call``).
+"""
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from recbole_bifair.trainer.losses import group_mean_losses, per_example_loss, weighted_group_loss
+
+HYPERGRADIENT_MODES = ("first_order", "finite_difference", "exact")
+
+
+class _PerExampleLossModule(nn.Module):
+    """``model``'s per-example loss as a module's forward, for ``functional_call``."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, interaction):
+        return per_example_loss(self.model, interaction)
+
+
+class LookAheadObjective:
+    """Evaluates BiFair's losses of ``model`` at parameter values given as tensors, so the
+    look-ahead ``theta'`` and perturbed ``theta +- eps v`` never touch the model's own weights.
+
+    ``inner_names`` are theta's parameter names, ``llm_names`` E's, as in
+    ``model.named_parameters()``; ``item_group`` maps internal item ids to groups."""
+
+    def __init__(self, model, inner_names, llm_names, item_group, n_groups):
+        self.module = _PerExampleLossModule(model)
+        self.model = model
+        self.inner_names = list(inner_names)
+        self.llm_names = list(llm_names)
+        self.item_group = item_group
+        self.n_groups = n_groups
+
+    def group_losses(self, theta, llm, interaction):
+        """``(L_g [K], n_g [K])`` on ``interaction`` with ``theta`` and ``E`` given as lists."""
+        params = {"model." + n: t for n, t in zip(self.inner_names, theta)}
+        params.update({"model." + n: t for n, t in zip(self.llm_names, llm)})
+        losses = functional_call(self.module, params, (interaction,))
+        groups = self.item_group[interaction[self.model.ITEM_ID]]
+        return group_mean_losses(losses, groups, self.n_groups)
+
+    def inner_loss(self, theta, llm, interaction, weights):
+        """``L_in``: the inner level's group-weighted loss."""
+        group_losses, counts = self.group_losses(theta, llm, interaction)
+        return weighted_group_loss(group_losses, counts, weights)
+
+
+def _proximity(llm, llm_init, beta):
+    return beta * sum((e - e0).pow(2).sum() for e, e0 in zip(llm, llm_init))
+
+
+def outer_hypergradient(objective, theta, llm, llm_init, train_batch, meta_batch, inner_weights,
+                        outer_balancer, xi, beta, mode="first_order", shared=()):
+    """``(dF/dE for each E, F, the meta batch's group losses and counts)``.
+
+    ``theta`` and ``llm`` are the current parameter tensors (not modified); ``outer_balancer``
+    is updated with the meta batch's group losses before its weights ``lambda`` are read (an
+    MGDA balancer gets their gradients over the entries ``shared`` of ``theta'``)."""
+    if mode not in HYPERGRADIENT_MODES:
+        raise ValueError(f"hypergradient must be one of {HYPERGRADIENT_MODES}, got {mode!r}")
+    theta = [t.detach().requires_grad_() for t in theta]
+    llm = [e.detach().requires_grad_() for e in llm]
+    exact = mode == "exact"
+
+    inner = objective.inner_loss(theta, llm, train_batch, inner_weights)
+    inner_grads = torch.autograd.grad(inner, theta, create_graph=exact)
+    theta_prime = [t - xi * g for t, g in zip(theta, inner_grads)]
+    if not exact:
+        theta_prime = [t.detach().requires_grad_() for t in theta_prime]
+
+    meta_losses, meta_counts = objective.group_losses(theta_prime, llm, meta_batch)
+    group_gradients = (
+        group_gradients_over(meta_losses, meta_counts, [theta_prime[i] for i in shared])
+        if outer_balancer.needs_gradients
+        else None
+    )
+    outer_balancer.update(meta_losses.detach(), meta_counts, group_gradients)
+    lambdas = outer_balancer.weights().to(meta_losses.device)
+    objective_value = weighted_group_loss(meta_losses, meta_counts, lambdas) + _proximity(llm, llm_init, beta)
+
+    if mode == "finite_difference":
+        direct = torch.autograd.grad(objective_value, llm + theta_prime)
+        direct_llm, v = direct[: len(llm)], direct[len(llm):]
+        hvp = finite_difference_mixed_hvp(objective, theta, llm, train_batch, inner_weights, v)
+        grads = [d - xi * h for d, h in zip(direct_llm, hvp)]
+    else:
+        grads = torch.autograd.grad(objective_value, llm)
+    return [g.detach() for g in grads], objective_value.detach(), meta_losses.detach(), meta_counts
+
+
+def group_gradients_over(group_losses, counts, params):
+    """``[K, P]``: each present group's loss gradient over ``params``, flattened; zeros for
+    groups without examples. (What the ``mgda`` balancer compares.)"""
+    size = sum(p.numel() for p in params)
+    rows = []
+    for g in range(len(group_losses)):
+        if counts[g] > 0:
+            grads = torch.autograd.grad(group_losses[g], params, retain_graph=True)
+            rows.append(torch.cat([x.flatten() for x in grads]))
+        else:
+            rows.append(group_losses.new_zeros(size))
+    return torch.stack(rows).detach()
+
+
+def finite_difference_mixed_hvp(objective, theta, llm, batch, weights, v):
+    """``(d^2 L_in / dE dtheta) . v`` by central differences along ``v`` (``eps = 0.01/||v||``).
+    Both evaluations replay the same random state, so dropout masks match."""
+    norm = torch.sqrt(sum((t.detach() ** 2).sum() for t in v))
+    eps = 0.01 / norm.clamp(min=1e-12)
+    rng_state = _random_state()
+
+    def grad_llm_at(sign):
+        _set_random_state(rng_state)
+        shifted = [(t + sign * eps * d).detach() for t, d in zip(theta, v)]
+        loss = objective.inner_loss(shifted, llm, batch, weights)
+        return torch.autograd.grad(loss, llm)
+
+    plus, minus = grad_llm_at(1.0), grad_llm_at(-1.0)
+    return [(p - m) / (2 * eps) for p, m in zip(plus, minus)]
+
+
+def _random_state():
+    return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+
+
+def _set_random_state(state):
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)

@@ -1,0 +1,45 @@
+"""Train and test a plugin model (LLM<Backbone>, BiFair<Backbone>) or any RecBole model.
+
+    python run_recbole_bifair.py --model=BiFairSASRec --dataset=ml-100k
+    python run_recbole_bifair.py --model=SASRec --dataset=ml-100k --config_files=my.yaml --epochs=20
+    python run_recbole_bifair.py --prepare=ml-1m --raw=ml-1m.zip
+"""
+import argparse
+import sys
+import warnings
+
+from recbole_bifair.errors import BiFairInputError
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", "-m", default="BiFairSASRec", help="model name (default: BiFairSASRec)")
+    parser.add_argument("--dataset", "-d", default="ml-100k", help="dataset name (default: ml-100k)")
+    parser.add_argument("--config_files", default=None, help="space-separated YAML config files")
+    parser.add_argument("--prepare", default=None, help="prepare a dataset's atomic files and exit (e.g. ml-1m)")
+    args, _ = parser.parse_known_args(argv)
+    return args
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    # RecBole 1.2.1 calls pandas/torch APIs that announce their own future changes on every run.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    try:
+        if args.prepare:
+            from recbole_bifair.data import prepare_main
+
+            return prepare_main(argv)
+        from recbole_bifair.quick_start import run_recbole_bifair
+
+        config_files = args.config_files.strip().split(" ") if args.config_files else None
+        run_recbole_bifair(model=args.model, dataset=args.dataset, config_file_list=config_files)
+    except BiFairInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""BiFairTrainer: NaN handling, exact resume, ablation switches, valid_metric trade-offs."""
+import glob
+import os
+
+import pytest
+import torch
+
+from recbole_bifair.errors import BiFairInputError
+from recbole_bifair.trainer import BiFairTrainer, BiFairTrainingError
+from recbole_bifair.trainer.valid_score import combined_valid_score, parse_valid_metric
+
+
+def test_nan_loss_stops_with_a_clear_error(tiny):
+    _, train_data, _, _, model, trainer = tiny()
+    trainer._set_up_groups(train_data)
+    with torch.no_grad():
+        model.llm_parameters()[0][1:] = float("nan")
+    with pytest.raises(BiFairTrainingError, match="inner loss is nan at epoch 0, batch 0"):
+        trainer._inner_step(next(iter(train_data)), 0, 0)
+
+
+def _final_parameters(trainer):
+    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+@pytest.fixture
+def deterministic():
+    """CPU scatter-adds may sum in any order across threads; exactness needs a fixed order."""
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(False)
+
+
+def test_resume_continues_exactly(tiny, deterministic):
+    settings = dict(epochs=2, eval_step=1, stopping_step=100, outer_every=1, valid_metric="Recall@10")
+    _, train_data, valid_data, _, _, straight = tiny(**settings)
+    straight.fit(train_data, valid_data, saved=False)
+    expected = _final_parameters(straight)
+
+    _, train_data, valid_data, _, _, first = tiny(**{**settings, "epochs": 1})
+    first.fit(train_data, valid_data, saved=True)
+    checkpoint = first.saved_model_file
+    _, train_data, valid_data, _, _, resumed = tiny(**settings)
+    resumed.resume_checkpoint(checkpoint)
+    resumed.fit(train_data, valid_data, saved=False)
+    resumed_params = _final_parameters(resumed)
+    assert resumed.start_epoch == 1
+    for name, value in expected.items():
+        assert torch.equal(value, resumed_params[name]), name
+
+
+def test_ablation_outer_off_never_moves_e(tiny):
+    _, train_data, valid_data, _, model, trainer = tiny(bifair_outer=False)
+    before = model.llm_parameters()[0].detach().clone()
+    trainer.fit(train_data, valid_data, saved=False)
+    assert torch.equal(before, model.llm_parameters()[0])
+
+
+@pytest.mark.parametrize("mode", ["first_order", "finite_difference", "exact"])
+@pytest.mark.parametrize("balancer", ["softmax", "mgda", "dro", "uniform", "inverse_frequency"])
+def test_every_mode_and_balancer_trains(tiny, mode, balancer):
+    _, train_data, _, _, model, trainer = tiny(hypergradient=mode, balancer=balancer, outer_every=1, epochs=1)
+    before = model.llm_parameters()[0].detach().clone()
+    trainer.fit(train_data, None, saved=False)
+    weights = trainer.inner_balancer.weights()
+    assert weights.sum().item() == pytest.approx(1.0, abs=1e-5)
+    assert not torch.equal(before, model.llm_parameters()[0])
+
+
+def test_bad_trainer_settings_are_clear_errors(tiny):
+    with pytest.raises(BiFairInputError, match="hypergradient 'second'"):
+        tiny(hypergradient="second")
+    with pytest.raises(BiFairInputError, match="outer_every"):
+        tiny(outer_every=0)
+    config, _, _, _, model, _ = tiny(model="LLMSASRec")
+    with pytest.raises(BiFairInputError, match="BiFairSASRec"):
+        BiFairTrainer(config, model)
+
+
+def test_valid_metric_trade_off():
+    assert parse_valid_metric("NDCG@10 - 0.5*ndcg_gap@10") == [(1.0, "ndcg@10"), (-0.5, "ndcg_gap@10")]
+    result = {"ndcg@10": 0.2, "ndcg_gap@10": 0.1}
+    assert combined_valid_score(result, "ndcg@10 - 0.5 * ndcg_gap@10") == pytest.approx(0.15)
+    with pytest.raises(BiFairInputError, match="does not report"):
+        combined_valid_score(result, "recall@10")
+    with pytest.raises(BiFairInputError, match="is not a number"):
+        parse_valid_metric("x*ndcg@10")
+
+
+def test_checkpoint_holds_the_whole_training_state(tiny):
+    _, train_data, valid_data, _, _, trainer = tiny()
+    trainer.fit(train_data, valid_data, saved=True)
+    (checkpoint_file,) = glob.glob(os.path.join(trainer.checkpoint_dir, "*.pth"))
+    checkpoint = torch.load(checkpoint_file, weights_only=False)
+    state = checkpoint["bifair"]
+    assert set(state) >= {"outer_optimizer", "inner_balancer", "outer_balancer", "torch_rng", "train_generator"}
+    assert any("llm_weight" in key for key in checkpoint["state_dict"])

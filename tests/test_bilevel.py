@@ -1,0 +1,129 @@
+"""The outer level's hypergradient: exact against numerical differentiation, finite
+differences against exact, first-order as the direct term; which parameters each level moves."""
+import pytest
+import torch
+
+from recbole_bifair.trainer.balancer import UniformBalancer
+from recbole_bifair.trainer.bilevel import LookAheadObjective, outer_hypergradient
+
+NO_DROPOUT = dict(hidden_dropout_prob=0.0, attn_dropout_prob=0.0, projector_dropout=0.0)
+XI, BETA = 0.5, 0.01
+
+
+@pytest.fixture
+def setting(tiny):
+    """A float64 BiFairSASRec without dropout, two training batches and uniform weights."""
+    config, train_data, _, _, model, trainer = tiny(train_batch_size=64, **NO_DROPOUT)
+    trainer._set_up_groups(train_data)
+    model.double()
+    batches = iter(train_data)
+    train_batch, meta_batch = next(batches), next(batches)
+    n_groups = trainer.item_groups.n_groups
+    theta = [p for _, p in trainer._inner_named]
+    llm = [p for _, p in trainer._llm_named]
+    llm_init = [layer.llm_weight_init for layer in model.llm_item_embeddings()]
+    weights = torch.full((n_groups,), 1.0 / n_groups, dtype=torch.float64)
+    return trainer.objective, theta, llm, llm_init, train_batch, meta_batch, weights, n_groups
+
+
+def hypergradient(setting, mode):
+    objective, theta, llm, llm_init, train_batch, meta_batch, weights, n_groups = setting
+    grads, value, _, _ = outer_hypergradient(
+        objective, theta, llm, llm_init, train_batch, meta_batch, weights,
+        UniformBalancer(n_groups), XI, BETA, mode,
+    )
+    return grads[0], value
+
+
+def lookahead_objective_value(setting, llm_table):
+    """F(E) evaluated from scratch: theta'(E) = theta - xi grad L_in(E, theta), then F."""
+    objective, theta, _, llm_init, train_batch, meta_batch, weights, n_groups = setting
+    theta = [t.detach().requires_grad_() for t in theta]
+    inner = objective.inner_loss(theta, [llm_table], train_batch, weights)
+    grads = torch.autograd.grad(inner, theta)
+    theta_prime = [t - XI * g for t, g in zip(theta, grads)]
+    losses, counts = objective.group_losses(theta_prime, [llm_table], meta_batch)
+    present = (counts > 0).double()
+    lam = present / n_groups
+    return (lam * losses).sum() / lam.sum() + BETA * (llm_table - llm_init[0]).pow(2).sum()
+
+
+def test_exact_hypergradient_matches_numerical_derivative(setting):
+    grad, value = hypergradient(setting, "exact")
+    llm = setting[2][0].detach()
+    assert value.item() == pytest.approx(lookahead_objective_value(setting, llm).item(), rel=1e-9)
+    torch.manual_seed(0)
+    for _ in range(3):
+        direction = torch.randn_like(llm)
+        direction /= direction.norm()
+        h = 1e-4
+        numerical = (lookahead_objective_value(setting, llm + h * direction)
+                     - lookahead_objective_value(setting, llm - h * direction)) / (2 * h)
+        assert (grad * direction).sum().item() == pytest.approx(numerical.item(), rel=1e-4, abs=1e-9)
+
+
+def test_finite_difference_agrees_with_exact_and_first_order_differs(setting):
+    exact, _ = hypergradient(setting, "exact")
+    finite, _ = hypergradient(setting, "finite_difference")
+    first_order, _ = hypergradient(setting, "first_order")
+    second_order_term = (exact - first_order).norm()
+    assert second_order_term > 1e-3 * exact.norm()
+    assert (finite - exact).norm() < 1e-2 * second_order_term
+
+
+def test_first_order_is_the_direct_term(setting):
+    objective, theta, llm, llm_init, train_batch, meta_batch, weights, n_groups = setting
+    first_order, _ = hypergradient(setting, "first_order")
+    theta = [t.detach().requires_grad_() for t in theta]
+    grads = torch.autograd.grad(objective.inner_loss(theta, llm, train_batch, weights), theta)
+    theta_prime = [(t - XI * g).detach() for t, g in zip(theta, grads)]
+    table = llm[0].detach().requires_grad_()
+    losses, counts = objective.group_losses(theta_prime, [table], meta_batch)
+    lam = (counts > 0).double()
+    value = (lam * losses).sum() / lam.sum() + BETA * (table - llm_init[0]).pow(2).sum()
+    (direct,) = torch.autograd.grad(value, table)
+    assert torch.allclose(first_order, direct, rtol=1e-8, atol=1e-12)
+
+
+def test_hypergradient_leaves_model_parameters_untouched(setting):
+    before = [p.detach().clone() for p in setting[1] + setting[2]]
+    hypergradient(setting, "exact")
+    hypergradient(setting, "finite_difference")
+    after = setting[1] + setting[2]
+    assert all(torch.equal(b, a) for b, a in zip(before, after))
+
+
+def _snapshot(params):
+    return [p.detach().clone() for p in params]
+
+
+def _moved(before, params):
+    return [not torch.equal(b, p.detach()) for b, p in zip(before, params)]
+
+
+def test_inner_step_moves_theta_not_e_and_outer_step_moves_only_e(tiny):
+    _, train_data, _, _, model, trainer = tiny(train_batch_size=64)
+    trainer._set_up_groups(train_data)
+    model.train()
+    batches = iter(train_data)
+    first, second = next(batches), next(batches)
+    llm, inner = model.llm_parameters(), model.inner_parameters()
+
+    llm_before, inner_before = _snapshot(llm), _snapshot(inner)
+    trainer._inner_step(first, 0, 0)
+    assert not any(_moved(llm_before, llm))
+    assert sum(_moved(inner_before, inner)) >= len(inner) - 1  # every weight that gets a gradient
+
+    llm_before, inner_before = _snapshot(llm), _snapshot(inner)
+    trainer._outer_step(first, second, 0, 1)
+    assert all(_moved(llm_before, llm))
+    assert not any(_moved(inner_before, inner))
+    assert all(p.requires_grad for p in llm)
+
+
+def test_lookahead_objective_reads_parameters_as_given(setting):
+    objective, theta, llm, _, train_batch, _, weights, _ = setting
+    base = objective.inner_loss(theta, llm, train_batch, weights)
+    shifted = objective.inner_loss(theta, [llm[0] + 0.5], train_batch, weights)
+    assert isinstance(objective, LookAheadObjective)
+    assert not torch.isclose(base, shifted)

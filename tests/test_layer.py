@@ -1,0 +1,70 @@
+"""The LLM item-embedding layer: shapes, padding, frozen vs trainable, ``.weight``."""
+import pytest
+import torch
+from torch import nn
+
+from recbole_bifair.errors import BiFairInputError
+from recbole_bifair.llm.layer import LLMItemEmbedding, build_projector
+
+
+def make_layer(freeze=True, n_extra_rows=0, dropout=0.0):
+    torch.manual_seed(0)
+    table = torch.randn(6, 8)
+    table[0] = 0
+    return LLMItemEmbedding(table, build_projector(8, 4, dropout=dropout), freeze=freeze, n_extra_rows=n_extra_rows)
+
+
+def test_projector_shape_and_depth():
+    projector = build_projector(384, 64)
+    linears = [m for m in projector if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(384, 192), (192, 64)]
+    deep = build_projector(16, 4, n_layers=3, hidden_dim=10, activation="relu")
+    assert [(m.in_features, m.out_features) for m in deep if isinstance(m, nn.Linear)] == [(16, 10), (10, 10), (10, 4)]
+    assert isinstance(build_projector(16, 4, n_layers=1)[0], nn.Linear)
+
+
+@pytest.mark.parametrize("kwargs, key", [
+    ({"n_layers": 0}, "projector_layers"),
+    ({"activation": "swishy"}, "projector_activation"),
+    ({"dropout": 1.5}, "projector_dropout"),
+])
+def test_projector_bad_values(kwargs, key):
+    with pytest.raises(BiFairInputError, match=key):
+        build_projector(8, 4, **kwargs)
+
+
+def test_forward_matches_weight_and_padding_is_zero():
+    layer = make_layer().eval()
+    ids = torch.tensor([[0, 1, 2], [3, 3, 0]])
+    out = layer(ids)
+    assert out.shape == (2, 3, 4)
+    assert torch.allclose(out, layer.weight[ids], atol=1e-6)
+    assert torch.count_nonzero(layer.weight[0]) == 0
+    assert torch.count_nonzero(out[0, 0]) == 0
+    assert layer.num_embeddings == 6 and layer.embedding_dim == 4
+
+
+def test_frozen_table_gets_no_gradient_and_trainable_one_does():
+    frozen = make_layer(freeze=True)
+    frozen.weight.sum().backward()
+    assert frozen.llm_weight.grad is None
+    assert frozen.projector[0].weight.grad is not None
+    trainable = make_layer(freeze=False)
+    trainable(torch.tensor([1, 2])).sum().backward()
+    assert trainable.llm_weight.grad is not None
+    assert torch.count_nonzero(trainable.llm_weight.grad[3:]) == 0
+
+
+def test_extra_rows_are_trainable_vectors_after_the_llm_rows():
+    layer = make_layer(n_extra_rows=1)
+    assert layer.num_embeddings == 7
+    assert torch.equal(layer(torch.tensor([6]))[0], layer.extra_weight[0])
+    assert layer.weight.shape == (7, 4)
+
+
+def test_proximity_is_zero_at_start_and_grows():
+    layer = make_layer(freeze=False)
+    assert layer.proximity().item() == 0
+    with torch.no_grad():
+        layer.llm_weight[1] += 1.0
+    assert layer.proximity().item() == pytest.approx(8.0)
