@@ -5,7 +5,7 @@ import os
 from recbole.config import Config as RecBoleConfig
 
 from recbole_bifair import compat
-from recbole_bifair.model.llm_enhanced import split_family_name
+from recbole_bifair.model.llm_enhanced import GROUP_FAIR_FAMILIES, split_family_name
 from recbole_bifair.utils import get_model, properties_dir
 
 
@@ -15,8 +15,8 @@ class Config(RecBoleConfig):
 
     Internal configuration, lowest priority first: RecBole's ``overall.yaml``, the backbone's
     ``<Backbone>.yaml``, RecBole's dataset and quick-start YAMLs, then the plugin's
-    ``overall.yaml``, ``dataset/<dataset>.yaml``, ``model/<Family>.yaml`` and
-    ``model/<Model>.yaml``. Config files,
+    ``overall.yaml``, ``dataset/<dataset>.yaml``, ``model/GroupFair.yaml`` (group-aware
+    families), ``model/<Family>.yaml`` and ``model/<Model>.yaml``. Config files,
     ``config_dict`` and ``--key=value`` override all of them, as in RecBole.
     """
 
@@ -42,6 +42,8 @@ def plugin_yaml_files(model, family, dataset):
     """The plugin's YAML files that exist for ``model`` and ``dataset``, lowest priority first."""
     root = properties_dir()
     candidates = [os.path.join(root, "overall.yaml"), os.path.join(root, "dataset", dataset + ".yaml")]
+    if family in GROUP_FAIR_FAMILIES:
+        candidates.append(os.path.join(root, "model", "GroupFair.yaml"))
     if family is not None:
         candidates.append(os.path.join(root, "model", family + ".yaml"))
     candidates.append(os.path.join(root, "model", model + ".yaml"))

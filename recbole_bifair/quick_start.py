@@ -2,6 +2,7 @@
 model, trainer, fit, test (the shape of ``recbole.quick_start`` and RecBole-GNN's)."""
 import logging
 import sys
+import time
 from logging import getLogger
 
 import torch
@@ -41,7 +42,8 @@ def uses_item_groups(config):
 
 def run_recbole_bifair(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True):
     """Train and test ``model`` on ``dataset``; returns RecBole's result dict
-    (``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``, ``test_result``)."""
+    (``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``, ``test_result``)
+    plus ``train_epoch_seconds`` (mean wall time of a training epoch) and ``epochs``."""
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
@@ -55,6 +57,7 @@ def run_recbole_bifair(model=None, dataset=None, config_file_list=None, config_d
     flops = get_flops(model, dataset, config["device"], logger, construct_transform(config))
     logger.info(set_color("FLOPs", "blue") + f": {flops}")
 
+    epoch_seconds = time_training_epochs(trainer)
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
@@ -68,7 +71,25 @@ def run_recbole_bifair(model=None, dataset=None, config_file_list=None, config_d
         "valid_score_bigger": config["valid_metric_bigger"],
         "best_valid_result": best_valid_result,
         "test_result": test_result,
+        "train_epoch_seconds": sum(epoch_seconds) / max(len(epoch_seconds), 1),
+        "epochs": len(epoch_seconds),
     }
+
+
+def time_training_epochs(trainer):
+    """A list that receives the wall time of each training epoch of ``trainer`` (evaluation
+    excluded); for the result dict's ``train_epoch_seconds``."""
+    seconds = []
+    train_epoch = trainer._train_epoch
+
+    def timed_train_epoch(*args, **kwargs):
+        start = time.perf_counter()
+        loss = train_epoch(*args, **kwargs)
+        seconds.append(time.perf_counter() - start)
+        return loss
+
+    trainer._train_epoch = timed_train_epoch
+    return seconds
 
 
 def objective_function(config_dict=None, config_file_list=None, saved=True):

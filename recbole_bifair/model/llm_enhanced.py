@@ -7,6 +7,9 @@ so RecBole's init never overwrites the LLM vectors.
 - ``LLM<Backbone>``: the LLM-enhanced baseline; ``E`` frozen (``llm_freeze``), trained by
   RecBole's own trainer.
 - ``BiFair<Backbone>``: ``E`` trainable, updated only by ``BiFairTrainer``'s outer level.
+- ``IPS<Backbone>``, ``GroupDRO<Backbone>``, ``VarReg<Backbone>``: the fairness baselines, the
+  LLM-enhanced baseline trained by ``GroupFairTrainer`` with inverse-propensity weights,
+  GroupDRO weights or a group-loss variance penalty.
 """
 import functools
 
@@ -15,7 +18,8 @@ from torch import nn
 from recbole_bifair.errors import BiFairInputError
 from recbole_bifair.llm.layer import LLMItemEmbedding, build_projector
 
-FAMILY_PREFIXES = ("BiFair", "LLM")
+FAMILY_PREFIXES = ("BiFair", "GroupDRO", "IPS", "VarReg", "LLM")
+GROUP_FAIR_FAMILIES = ("BiFair", "GroupDRO", "IPS", "VarReg")
 
 
 def split_family_name(model_name):
@@ -99,10 +103,7 @@ def build_llm_model(family, backbone):
         backbone.__init__(self, config, dataset)
         self._install_llm_item_embeddings(config, dataset)
 
-    doc = (
-        f"{backbone.__name__} with its item table replaced by the LLM item-embedding layer"
-        + (", trained by BiFairTrainer's bi-level update." if family == "BiFair" else " (frozen LLM table).")
-    )
+    doc = f"{backbone.__name__} with its item table replaced by the LLM item-embedding layer ({family} family)."
     return type(
         family + backbone.__name__,
         (LLMEnhancedMixin, backbone),

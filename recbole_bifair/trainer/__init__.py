@@ -1,3 +1,4 @@
-from recbole_bifair.trainer.bifair_trainer import BiFairTrainer, BiFairTrainingError
+from recbole_bifair.trainer.bifair_trainer import BiFairTrainer
+from recbole_bifair.trainer.group_fair_trainer import BiFairTrainingError, GroupFairTrainer
 
-__all__ = ["BiFairTrainer", "BiFairTrainingError"]
+__all__ = ["BiFairTrainer", "BiFairTrainingError", "GroupFairTrainer"]

@@ -1,0 +1,245 @@
+"""``GroupFairTrainer``: RecBole's trainer with a group-aware training loss. It is BiFair's
+inner level, and on its own it trains the fairness baselines:
+
+- ``IPS<Backbone>``: inverse-propensity weights, by item group (``balancer: inverse_frequency``)
+  or by item (``inner_weighting: item_ips``, ``w_i`` proportional to ``count_i ** -ips_power``);
+- ``GroupDRO<Backbone>``: GroupDRO's adaptive group weights (``balancer: dro``);
+- ``VarReg<Backbone>``: the mean loss plus ``loss_spread_weight`` times the variance of the
+  group losses.
+
+Per batch: ``loss = sum_g w_g L_g / sum_g w_g`` (``inner_weighting: group``, weights from the
+balancer), or the IPS-weighted or plain mean of the per-example losses, plus
+``loss_spread_weight * Var_g(L_g)`` over the groups present in the batch.
+"""
+import random
+
+import numpy as np
+import torch
+from recbole.trainer import Trainer
+from recbole.utils import calculate_valid_score, get_gpu_usage, set_color
+from torch.nn.utils import clip_grad_norm_
+from tqdm import tqdm
+
+from recbole_bifair.errors import BiFairInputError
+from recbole_bifair.trainer.balancer import build_balancer
+from recbole_bifair.trainer.bilevel import group_gradients_over
+from recbole_bifair.trainer.losses import group_mean_losses, per_example_loss, weighted_group_loss
+from recbole_bifair.trainer.valid_score import combined_valid_score
+
+INNER_WEIGHTINGS = ("group", "item_ips", "none")
+
+
+class BiFairTrainingError(FloatingPointError):
+    """A training loss became NaN or infinite; training stops instead of skipping the batch."""
+
+
+class GroupFairTrainer(Trainer):
+    """Trains LLM-enhanced models on a group-aware loss; evaluation, early stopping,
+    checkpoints, progress bars and TensorBoard are RecBole's."""
+
+    def __init__(self, config, model):
+        if not hasattr(model, "llm_item_embeddings"):
+            raise BiFairInputError(
+                f"{type(self).__name__} trains the plugin's LLM-enhanced models; got {type(model).__name__}."
+            )
+        super().__init__(config, model)
+        self.inner_weighting = config["inner_weighting"]
+        if self.inner_weighting not in INNER_WEIGHTINGS:
+            raise BiFairInputError(
+                f"inner_weighting '{self.inner_weighting}' is unknown; choose one of {', '.join(INNER_WEIGHTINGS)}."
+            )
+        self.loss_spread_weight = float(config["loss_spread_weight"] or 0.0)
+        self.item_groups = None
+        self.inner_balancer = None
+        self._resumed_state = None
+
+    def _build_optimizer(self, **kwargs):
+        kwargs.setdefault("params", self.model.inner_parameters())
+        return super()._build_optimizer(**kwargs)
+
+    # ----- set-up -------------------------------------------------------------------------
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        self._train_data = train_data
+        self._set_up_groups(train_data)
+        self._restore_training_state()
+        return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+
+    def _set_up_groups(self, train_data):
+        """Item groups from the training split (the same ones the fairness metrics use) and
+        the inner balancer."""
+        from recbole_bifair.evaluator import build_item_groups
+
+        self.item_groups = build_item_groups(self.config, train_data.dataset)
+        self._item_group = self.item_groups.item_group.to(self.device)
+        self.inner_balancer = self._build_balancer(self.config["balancer"])
+        counts = torch.zeros(train_data.dataset.item_num)
+        for item, count in train_data.dataset.item_counter.items():
+            counts[item] = count
+        self._item_ips = counts.clamp(min=1).pow(-float(self.config["ips_power"])).to(self.device)
+
+    def _build_balancer(self, strategy):
+        return build_balancer(strategy, self.config, self.item_groups.n_groups, self.item_groups.train_share)
+
+    def _mgda_shared_parameters(self):
+        """The parameters whose group gradients MGDA compares: the projector's last layer
+        [ours: MGDA-UB style, so K backward passes stay cheap]."""
+        return list(self.model.llm_item_embeddings()[0].projector[-1].parameters())
+
+    # ----- the training loop ----------------------------------------------------------------
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        self.model.train()
+        batches = (
+            tqdm(train_data, total=len(train_data), ncols=100, desc=set_color(f"Train {epoch_idx:>5}", "pink"))
+            if show_progress
+            else train_data
+        )
+        total_loss, previous = 0.0, None
+        for step, interaction in enumerate(batches):
+            interaction = interaction.to(self.device)
+            self._before_inner_step(previous, interaction, epoch_idx, step)
+            total_loss += self._inner_step(interaction, epoch_idx, step)
+            previous = interaction
+            if self.gpu_available and show_progress:
+                batches.set_postfix_str(set_color("GPU RAM: " + get_gpu_usage(self.device), "yellow"))
+        self._log_group_weights(epoch_idx)
+        return total_loss
+
+    def _before_inner_step(self, previous, interaction, epoch_idx, step):
+        """Hook for work between batches (BiFair's outer step)."""
+
+    def _inner_step(self, interaction, epoch_idx, step):
+        """One update of theta (projector + backbone) on the group-aware loss; E is held."""
+        self.optimizer.zero_grad()
+        llm_params = self.model.llm_parameters()
+        for p in llm_params:
+            p.requires_grad_(False)
+        try:
+            loss = self._inner_loss(interaction)
+            self._check_finite(loss, "inner", epoch_idx, step)
+            loss.backward()
+        finally:
+            for p in llm_params:
+                p.requires_grad_(True)
+        if self.clip_grad_norm:
+            clip_grad_norm_(self.model.inner_parameters(), **self.clip_grad_norm)
+        self.optimizer.step()
+        return loss.item()
+
+    def _inner_loss(self, interaction):
+        losses = per_example_loss(self.model, interaction)
+        items = interaction[self.model.ITEM_ID]
+        group_losses, counts = group_mean_losses(losses, self._item_group[items], self.item_groups.n_groups)
+        if self.inner_weighting == "group":
+            gradients = (
+                group_gradients_over(group_losses, counts, self._mgda_shared_parameters())
+                if self.inner_balancer.needs_gradients
+                else None
+            )
+            self.inner_balancer.update(group_losses.detach(), counts, gradients)
+            loss = weighted_group_loss(group_losses, counts, self.inner_balancer.weights().to(losses.device))
+        elif self.inner_weighting == "item_ips":
+            weights = self._item_ips[items]
+            loss = (weights * losses).sum() / weights.sum()
+        else:
+            loss = losses.mean()
+        if self.loss_spread_weight:
+            present = group_losses[counts > 0]
+            loss = loss + self.loss_spread_weight * present.var(unbiased=False)
+        return loss
+
+    def inner_weights(self):
+        """The group weights of the inner loss, or None where it is not group-weighted."""
+        return self.inner_balancer.weights().to(self.device) if self.inner_weighting == "group" else None
+
+    @staticmethod
+    def _check_finite(loss, level, epoch_idx, step):
+        if not torch.isfinite(loss):
+            raise BiFairTrainingError(
+                f"The {level} loss is {loss.item()} at epoch {epoch_idx}, batch {step}: training stopped. "
+                "Lower learning_rate (and outer_learning_rate), or set clip_grad_norm."
+            )
+
+    def _balancers(self):
+        """Named balancers whose weights are logged each epoch."""
+        return {"inner": self.inner_balancer} if self.inner_weighting == "group" else {}
+
+    def _log_group_weights(self, epoch_idx):
+        balancers = self._balancers()
+        if not balancers:
+            return
+        parts = [f"{level} {[round(w, 4) for w in b.weights().tolist()]}" for level, b in balancers.items()]
+        self.logger.info(set_color("group weights", "blue") + f" epoch {epoch_idx}: " + ", ".join(parts))
+        for level, balancer in balancers.items():
+            for g, weight in enumerate(balancer.weights().tolist()):
+                self.tensorboard.add_scalar(f"GroupWeights/{level}_g{g}", weight, epoch_idx)
+
+    def _valid_epoch(self, valid_data, show_progress=False):
+        valid_result = self.evaluate(valid_data, load_best_model=False, show_progress=show_progress)
+        if self.valid_metric in valid_result:
+            return calculate_valid_score(valid_result, self.valid_metric), valid_result
+        return combined_valid_score(valid_result, self.valid_metric), valid_result
+
+    # ----- checkpoints ------------------------------------------------------------------------
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+            return
+        saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
+        state = {
+            "config": self.config,
+            "epoch": epoch,
+            "cur_step": self.cur_step,
+            "best_valid_score": self.best_valid_score,
+            "state_dict": self.model.state_dict(),
+            "other_parameter": self.model.other_parameter(),
+            "optimizer": self.optimizer.state_dict(),
+            "group_fair": self._training_state(),
+        }
+        torch.save(state, saved_model_file, pickle_protocol=4)
+        if verbose:
+            self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
+
+    def _training_state(self):
+        """What an exact resume needs beyond RecBole's checkpoint."""
+        return {
+            "balancers": {level: b.state_dict() for level, b in self._all_balancers().items()},
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "numpy_rng": np.random.get_state(),
+            "python_rng": random.getstate(),
+            "train_generator": self._train_data.generator.get_state() if getattr(self, "_train_data", None) else None,
+        }
+
+    def _all_balancers(self):
+        return {"inner": self.inner_balancer} if self.inner_balancer is not None else {}
+
+    def resume_checkpoint(self, resume_file):
+        """RecBole's resume (model, optimiser, epoch, early-stopping state); balancer, random
+        and data-order states are restored when ``fit`` starts."""
+        checkpoint = torch.load(str(resume_file), map_location=self.device, weights_only=False)
+        self.saved_model_file = str(resume_file)
+        self.start_epoch = checkpoint["epoch"] + 1
+        self.cur_step = checkpoint["cur_step"]
+        self.best_valid_score = checkpoint["best_valid_score"]
+        self.model.load_state_dict(checkpoint["state_dict"])
+        self.model.load_other_parameter(checkpoint.get("other_parameter"))
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self._resumed_state = checkpoint.get("group_fair")
+        self._load_extra_state(self._resumed_state or {})
+        self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
+
+    def _load_extra_state(self, state):
+        """Hook for subclasses' own checkpoint state (BiFair's outer optimiser)."""
+
+    def _restore_training_state(self):
+        state, self._resumed_state = self._resumed_state, None
+        if state is None:
+            return
+        for level, balancer in self._all_balancers().items():
+            balancer.load_state_dict(state["balancers"][level])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        np.random.set_state(state["numpy_rng"])
+        random.setstate(state["python_rng"])
+        if state["train_generator"] is not None:
+            self._train_data.generator.set_state(state["train_generator"])
