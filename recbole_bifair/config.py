@@ -5,6 +5,7 @@ import os
 from recbole.config import Config as RecBoleConfig
 
 from recbole_bifair import compat
+from recbole_bifair.errors import BiFairInputError
 from recbole_bifair.model.llm_enhanced import GROUP_FAIR_FAMILIES, split_family_name
 from recbole_bifair.utils import get_model, properties_dir
 
@@ -36,6 +37,27 @@ class Config(RecBoleConfig):
     def _get_final_config_dict(self):
         final_config = super()._get_final_config_dict()
         return compat.default_no_negative_sampling_for_ce(final_config, self.external_config_dict)
+
+    def _set_default_parameters(self):
+        super()._set_default_parameters()
+        check_valid_metric(self.final_config_dict)
+
+
+def check_valid_metric(config):
+    """``valid_metric`` (a metric or a trade-off such as ``ndcg@10 - 0.5 * ndcggap@10``) must
+    name metrics the run computes: checked before training, not after the first epoch."""
+    from recbole_bifair.trainer.valid_score import parse_valid_metric
+
+    metrics = {m.lower() for m in config["metrics"]}
+    topk = {str(k) for k in config["topk"]} if config.get("topk") else set()
+    for _, name in parse_valid_metric(config["valid_metric"]):
+        metric, _, k = name.partition("@")
+        k = k.split("_")[0]
+        if metric not in metrics or (k and topk and k not in topk):
+            raise BiFairInputError(
+                f"valid_metric '{config['valid_metric']}' needs {name}, but metrics={config['metrics']} "
+                f"topk={config['topk']} do not compute it; add the metric, or choose valid_metric among them."
+            )
 
 
 def plugin_yaml_files(model, family, dataset):

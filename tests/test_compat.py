@@ -28,7 +28,7 @@ def test_item_metrics_run_end_to_end(tmp_path):
     from recbole_bifair.quick_start import run_recbole_bifair
 
     metrics = ["NDCG", "GiniIndex", "ItemCoverage", "AveragePopularity", "TailPercentage", "ShannonEntropy"]
-    result = run_recbole_bifair("BPR", "tiny", config_dict=tiny_config(tmp_path, metrics=metrics, topk=[5]))
+    result = run_recbole_bifair("BPR", "tiny", config_dict=tiny_config(tmp_path, metrics=metrics, topk=[5], valid_metric="NDCG@5"))
     for key in ["giniindex@5", "itemcoverage@5", "averagepopularity@5", "tailpercentage@5", "shannonentropy@5"]:
         assert key in result["test_result"]
 

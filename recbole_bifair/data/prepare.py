@@ -231,8 +231,9 @@ def summary_lines(summary):
 
 
 def prepare_main(argv):
-    """``run_recbole_bifair.py --prepare=NAME ...``: prepare, print the summary, return it."""
+    """``run_recbole_bifair.py --prepare=NAME ...``: prepare, print the summary, return the
+    exit status 0 (bad input raises BiFairInputError)."""
     args = argument_parser().parse_args(list(argv))
     summary = prepare_dataset(**prepare_options(args))
     print("\n".join(summary_lines(summary)))
-    return summary
+    return 0

@@ -9,6 +9,9 @@ evaluated batch (full ranking or sampled, one or several positives per row), add
 - ``rec.group_hits`` [n x maxK]: whether that slot holds a positive;
 - ``rec.group_pos`` [n x G]: positives of the row in each group;
 - ``data.group_train_share`` [G]: each group's share of training interactions (once).
+
+With a ``rerank`` block in the config, each batch's scores are first re-ranked
+(``rerank.py``), so that every metric, RecBole's included, sees the re-ranked lists.
 """
 import logging
 
@@ -18,6 +21,7 @@ from recbole.evaluator.collector import Collector
 from recbole_bifair.evaluator.groups import build_item_groups
 from recbole_bifair.evaluator.metrics import (
     FAIRNESS_NEEDS, GROUP_HITS, GROUP_POS, GROUP_TOPK, GROUP_TRAIN_SHARE)
+from recbole_bifair.evaluator.rerank import build_reranker
 
 PER_EVALUATION_KEYS = (GROUP_TOPK, GROUP_HITS, GROUP_POS)
 
@@ -31,9 +35,12 @@ class FairnessCollector(Collector):
         self.item_groups = None
         self._item_group_on_device = None
         self._logged_evaluations = set()
+        self.reranker = build_reranker(config)  # post-processing re-ranker (rerank.py); None = off
 
     def data_collect(self, train_data):
         super().data_collect(train_data)
+        if self.reranker is not None:
+            self.reranker.fit(build_item_groups(self.config, train_data.dataset))
         if self.fairness_needed:
             self.item_groups = build_item_groups(self.config, train_data.dataset)
             self._item_group_on_device = None
@@ -41,6 +48,8 @@ class FairnessCollector(Collector):
             self.data_struct.set(GROUP_TRAIN_SHARE, self.item_groups.train_share.float())
 
     def eval_batch_collect(self, scores_tensor, interaction, positive_u, positive_i):
+        if self.reranker is not None:
+            scores_tensor = self.reranker.rerank_scores(scores_tensor)
         super().eval_batch_collect(scores_tensor, interaction, positive_u, positive_i)
         if not self.fairness_needed:
             return
