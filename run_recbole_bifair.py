@@ -3,6 +3,7 @@
     python run_recbole_bifair.py --model=BiFairSASRec --dataset=ml-100k
     python run_recbole_bifair.py --model=SASRec --dataset=ml-100k --config_files=my.yaml --epochs=20
     python run_recbole_bifair.py --prepare=ml-1m --raw=ml-1m.zip
+    python run_recbole_bifair.py --benchmark=benchmarks/ml-100k.yaml
 """
 import argparse
 import sys
@@ -17,6 +18,7 @@ def parse_args(argv):
     parser.add_argument("--dataset", "-d", default="ml-100k", help="dataset name (default: ml-100k)")
     parser.add_argument("--config_files", default=None, help="space-separated YAML config files")
     parser.add_argument("--prepare", default=None, help="prepare a dataset's atomic files and exit (e.g. ml-1m)")
+    parser.add_argument("--benchmark", default=None, help="run a benchmark spec (YAML), e.g. benchmarks/ml-100k.yaml")
     args, _ = parser.parse_known_args(argv)
     return args
 
@@ -27,6 +29,10 @@ def main(argv=None):
     # RecBole 1.2.1 calls pandas/torch APIs that announce their own future changes on every run.
     warnings.filterwarnings("ignore", category=FutureWarning)
     try:
+        if args.benchmark:
+            from recbole_bifair.benchmark import benchmark_main
+
+            return benchmark_main(argv, prog="python run_recbole_bifair.py")
         if args.prepare:
             from recbole_bifair.data import prepare_main
 

@@ -53,7 +53,7 @@ import traceback
 from collections import deque
 from dataclasses import dataclass, field, replace
 from logging import getLogger
-from typing import List, Optional
+from typing import List
 
 import numpy as np
 import pandas as pd
@@ -391,9 +391,12 @@ def stream_child(request, log_path, label, verbose):
         raise
 
 
-def _progress_part(line):
+def _progress_part(line, limit=160):
     match = PROGRESS_LINE.search(line)
-    return match.group(0).strip() if match else None
+    if not match:
+        return None
+    text = match.group(0).strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def child_environment():
@@ -552,12 +555,14 @@ def summary_table(runs, spec):
 
 
 def _status_text(model_runs, n_seeds):
+    """``ok``; ``ok, 1 of 3 seeds run``; ``failed: <error>``; ``1 of 3 runs failed: <error>``."""
     n_ok = int((model_runs["status"] == "ok").sum())
-    errors = model_runs.loc[model_runs["status"] != "ok", "error"].dropna()
-    if n_ok == n_seeds:
-        return "ok"
-    text = "failed" if n_ok == 0 else f"{n_ok}/{n_seeds} ok"
-    return text + (f": {errors.iloc[0]}" if len(errors) else "")
+    n_failed = len(model_runs) - n_ok
+    if n_failed == 0:
+        return "ok" if n_ok == n_seeds else f"ok, {n_ok} of {n_seeds} seeds run"
+    error = model_runs.loc[model_runs["status"] != "ok", "error"].dropna()
+    text = "failed" if n_ok == 0 else f"{n_failed} of {len(model_runs)} runs failed"
+    return text + (f": {error.iloc[0]}" if len(error) else "")
 
 
 def format_cell(mean, std, digits=METRIC_DIGITS):
@@ -575,7 +580,7 @@ def headline_metrics(columns, k):
 
 def markdown_tables(table, columns, k):
     """The headline table (models x main metrics and costs) and the full table (metrics x models)."""
-    shown = headline_metrics(columns, k) + [c for c in COST_DIGITS if c in columns]
+    shown = headline_metrics(columns, k) + [c for c in COST_DIGITS if c in columns and c != "wall_seconds"]
     headline = pd.DataFrame({
         "model": table["name"], "status": table["status"].map(_markdown_safe), "seeds": table["seeds"],
         **{c: [format_cell(m, s, _digits(c)) for m, s in zip(table[f"{c}_mean"], table[f"{c}_std"])]
@@ -584,7 +589,7 @@ def markdown_tables(table, columns, k):
         {name: [format_cell(row[f"{c}_mean"], row[f"{c}_std"], _digits(c)) for c in columns]
          for name, (_, row) in zip(table["name"], table.iterrows())}, index=columns)
     full.index.name = "metric"
-    return headline.to_markdown(index=False), full.to_markdown()
+    return headline.to_markdown(index=False, disable_numparse=True), full.to_markdown(disable_numparse=True)
 
 
 def _digits(column):
@@ -714,7 +719,8 @@ def plot_group_ndcg(plt, table, k):
     for offset, (_, row) in enumerate(ok.iterrows()):
         means = [row[f"{g}_mean"] for g in groups]
         stds = np.nan_to_num([row[f"{g}_std"] for g in groups])
-        axes.bar(x + (offset - (len(ok) - 1) / 2) * width, means, width, yerr=stds, capsize=2, label=row["name"])
+        axes.bar(x + (offset - (len(ok) - 1) / 2) * width, means, width, yerr=stds if stds.any() else None,
+                 capsize=2, label=row["name"])
     axes.set_xticks(x)
     axes.set_xticklabels([f"g{g.rsplit('_g', 1)[1]}" for g in groups])
     axes.set_xlabel("item group (g0: most training interactions, e.g. the popularity head)")
