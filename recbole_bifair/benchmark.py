@@ -109,16 +109,36 @@ def load_spec(path, output_dir=None, overrides=None):
     """The :class:`Spec` of a YAML file, validated (BiFairInputError)."""
     if not os.path.isfile(path):
         raise BiFairInputError(f"Benchmark spec {path!r} not found: give the path of a YAML spec.")
-    with open(path, encoding="utf-8") as f:
-        raw = yaml.safe_load(f) or {}
-    if not isinstance(raw, dict):
-        raise BiFairInputError(f"Benchmark spec {path}: expected a mapping with name, datasets, seeds, models.")
+    raw = _read_spec_mapping(path)
+    if raw.get("base"):
+        raw = _with_base(raw, path)
     spec = spec_from_dict(raw, default_name=os.path.splitext(os.path.basename(path))[0])
     spec.spec_dir = os.path.dirname(os.path.abspath(path))
     if output_dir:
         spec.output_dir = output_dir
     spec.overrides = dict(overrides or {})
     return spec
+
+
+def _read_spec_mapping(path):
+    with open(path, encoding="utf-8") as f:
+        raw = yaml.safe_load(f) or {}
+    if not isinstance(raw, dict):
+        raise BiFairInputError(f"Benchmark spec {path}: expected a mapping with name, datasets, seeds, models.")
+    return raw
+
+
+def _with_base(raw, path):
+    """``base: other.yaml`` (relative to this spec): that spec's datasets, seeds, report_k and
+    ``shared`` block, under this spec's own keys; ``shared`` merges key by key."""
+    base_path = os.path.join(os.path.dirname(os.path.abspath(path)), raw["base"])
+    if not os.path.isfile(base_path):
+        raise BiFairInputError(f"Benchmark spec {path}: base {raw['base']!r} not found next to it.")
+    base = _read_spec_mapping(base_path)
+    merged = {key: base[key] for key in ("datasets", "seeds", "report_k") if key in base}
+    merged.update({key: value for key, value in raw.items() if key != "base"})
+    merged["shared"] = {**(base.get("shared") or {}), **(raw.get("shared") or {})}
+    return merged
 
 
 def spec_from_dict(raw, default_name="benchmark"):
