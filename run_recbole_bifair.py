@@ -6,6 +6,7 @@
     python run_recbole_bifair.py --benchmark=benchmarks/ml-100k.yaml
 """
 import argparse
+import os
 import sys
 import warnings
 
@@ -39,7 +40,10 @@ def main(argv=None):
             return prepare_main(argv)
         from recbole_bifair.quick_start import run_recbole_bifair
 
-        config_files = args.config_files.strip().split(" ") if args.config_files else None
+        config_files = args.config_files.split() if args.config_files else None
+        missing = [path for path in config_files or [] if not os.path.isfile(path)]
+        if missing:
+            raise BiFairInputError(f"config file(s) not found: {', '.join(missing)}; check --config_files.")
         run_recbole_bifair(model=args.model, dataset=args.dataset, config_file_list=config_files)
     except BiFairInputError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -9,6 +9,7 @@ import sys
 
 import torch
 
+from recbole_bifair.benchmark import parse_overrides
 from recbole_bifair.quick_start import run_recbole_bifair
 
 RUNS = [
@@ -24,19 +25,8 @@ RUNS = [
 ]
 
 
-def parse_overrides(argv):
-    overrides = {}
-    for item in argv:
-        key, _, value = item.lstrip("-").partition("=")
-        try:
-            overrides[key] = eval(value, {}, {})
-        except Exception:
-            overrides[key] = value
-    return overrides
-
-
 def main(argv):
-    overrides = {"epochs": 2, "state": "WARNING", "show_progress": False, "stopping_step": 10, **parse_overrides(argv)}
+    overrides = {"epochs": 2, "state": "WARNING", "show_progress": False, "stopping_step": 10, **parse_overrides(arg.lstrip("-") for arg in argv)}
     sys.argv = sys.argv[:1]
     print(f"device: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu'}; torch {torch.__version__}")
     print(f"overrides: {overrides}")

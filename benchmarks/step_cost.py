@@ -12,6 +12,7 @@ import time
 import torch
 from recbole.utils import init_seed
 
+from recbole_bifair.benchmark import parse_overrides
 from recbole_bifair.config import Config
 from recbole_bifair.quick_start import prepare_run
 
@@ -61,9 +62,7 @@ def main(argv):
     parser.add_argument("--steps", type=int, default=10)
     args, rest = parser.parse_known_args(argv)
     overrides = {"state": "WARNING", "show_progress": False, "outer_every": 4}
-    for item in rest:
-        key, _, value = item.lstrip("-").partition("=")
-        overrides[key] = eval(value, {}, {}) if value[:1].isdigit() or value[:1] in "[{" or value in ("True", "False") else value
+    overrides.update(parse_overrides(item.lstrip("-") for item in rest))
     sys.argv = sys.argv[:1]
     base = None
     print(f"dataset {args.dataset}, {args.steps} steps, overrides {overrides}, device {'cuda' if torch.cuda.is_available() else 'cpu'}")

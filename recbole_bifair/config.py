@@ -41,6 +41,20 @@ class Config(RecBoleConfig):
     def _set_default_parameters(self):
         super()._set_default_parameters()
         check_valid_metric(self.final_config_dict)
+        self._keep_users_valid_metric_direction()
+
+    def _keep_users_valid_metric_direction(self):
+        """RecBole derives ``valid_metric_bigger`` from the metric's name, over the user's own
+        value; a trade-off of several metrics has no such name, so the user must give it."""
+        from recbole_bifair.trainer.valid_score import parse_valid_metric
+
+        if "valid_metric_bigger" in self.external_config_dict:
+            self.final_config_dict["valid_metric_bigger"] = bool(self.external_config_dict["valid_metric_bigger"])
+        elif len(parse_valid_metric(self.final_config_dict["valid_metric"])) > 1:
+            raise BiFairInputError(
+                f"valid_metric '{self.final_config_dict['valid_metric']}' combines several metrics: set "
+                "valid_metric_bigger (True when larger values of the combination are better)."
+            )
 
 
 def check_valid_metric(config):

@@ -11,7 +11,7 @@ from recbole.data.transform import construct_transform
 from recbole.utils import get_environment, get_flops, init_logger, init_seed, set_color
 
 from recbole_bifair.config import Config
-from recbole_bifair.model.llm_enhanced import split_family_name
+from recbole_bifair.model.llm_enhanced import GROUP_FAIR_FAMILIES, split_family_name
 from recbole_bifair.utils import get_model, get_trainer
 
 
@@ -32,12 +32,12 @@ def prepare_run(config):
 
 
 def uses_item_groups(config):
-    """Whether the run needs item groups: a BiFair model or a fairness metric."""
+    """Whether the run needs item groups: a group-aware model or a fairness metric."""
     from recbole_bifair.evaluator import FAIRNESS_METRICS
 
     fairness = {metric.__name__.lower() for metric in FAIRNESS_METRICS}
-    is_bifair = split_family_name(config["model"])[0] == "BiFair"
-    return is_bifair or any(metric.lower() in fairness for metric in config["metrics"])
+    group_aware = split_family_name(config["model"])[0] in GROUP_FAIR_FAMILIES
+    return group_aware or any(metric.lower() in fairness for metric in config["metrics"])
 
 
 def run_recbole_bifair(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True):

@@ -33,6 +33,7 @@ def tiny_config(tmp_path, **overrides):
         "state": "WARNING",
         "seed": 2020,
         "reproducibility": True,
+        "llm_emb_cache_dir": str(tmp_path / "emb_cache"),
     }
     config.update(overrides)
     return config

@@ -27,6 +27,7 @@ def write_spec(folder, **changes):
     with open(TINY_SPEC, encoding="utf-8") as f:
         spec = yaml.safe_load(f)
     spec["shared"]["data_path"] = os.path.join(REPO_ROOT, "tests", "test_data")
+    spec["shared"]["llm_emb_cache_dir"] = os.path.join(folder, "emb_cache")
     spec.update(changes)
     path = os.path.join(folder, "spec.yaml")
     with open(path, "w", encoding="utf-8") as f:

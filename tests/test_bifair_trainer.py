@@ -98,3 +98,23 @@ def test_checkpoint_holds_the_whole_training_state(tiny):
     assert set(state) >= {"outer_optimizer", "balancers", "torch_rng", "train_generator"}
     assert set(state["balancers"]) == {"inner", "outer"}
     assert any("llm_weight" in key for key in checkpoint["state_dict"])
+
+
+def test_trade_off_valid_metric_needs_its_direction_and_drives_any_trainer(tiny):
+    metrics = ["NDCG", "NDCGGap", "Recall"]
+    with pytest.raises(BiFairInputError, match="set valid_metric_bigger"):
+        tiny(model="SASRec", metrics=metrics, valid_metric="ndcg@10 - 0.5*ndcggap@10")
+    config, train_data, valid_data, _, _, trainer = tiny(
+        model="SASRec", metrics=metrics, valid_metric="0.5*ndcggap@10 - ndcg@10", valid_metric_bigger=False
+    )
+    assert config["valid_metric_bigger"] is False
+    trainer.eval_collector.data_collect(train_data)
+    score, result = trainer._valid_epoch(valid_data)
+    assert score == pytest.approx(0.5 * result["ndcggap@10"] - result["ndcg@10"])
+
+
+def test_baseline_keeps_its_llm_table_frozen(tiny):
+    _, train_data, _, _, model, trainer = tiny(model="GroupDROSASRec")
+    trainer._set_up_groups(train_data)
+    trainer._inner_step(next(iter(train_data)), 0, 0)
+    assert not model.llm_parameters()[0].requires_grad

@@ -1,5 +1,6 @@
 """The outer level's hypergradient: exact against numerical differentiation, finite
-differences against exact, first-order as the direct term; which parameters each level moves."""
+differences against exact, first-order as the direct term; which parameters each level moves;
+the look-ahead's inner loss is the inner step's loss for every inner weighting."""
 import pytest
 import torch
 
@@ -13,7 +14,7 @@ XI, BETA = 0.5, 0.01
 @pytest.fixture
 def setting(tiny):
     """A float64 BiFairSASRec without dropout, two training batches and uniform weights."""
-    config, train_data, _, _, model, trainer = tiny(train_batch_size=64, **NO_DROPOUT)
+    config, train_data, _, _, model, trainer = tiny(train_batch_size=64, balancer="uniform", **NO_DROPOUT)
     trainer._set_up_groups(train_data)
     model.double()
     batches = iter(train_data)
@@ -22,24 +23,22 @@ def setting(tiny):
     theta = [p for _, p in trainer._inner_named]
     llm = [p for _, p in trainer._llm_named]
     llm_init = [layer.llm_weight_init for layer in model.llm_item_embeddings()]
-    weights = torch.full((n_groups,), 1.0 / n_groups, dtype=torch.float64)
-    return trainer.objective, theta, llm, llm_init, train_batch, meta_batch, weights, n_groups
+    return trainer.objective, theta, llm, llm_init, train_batch, meta_batch, n_groups
 
 
 def hypergradient(setting, mode):
-    objective, theta, llm, llm_init, train_batch, meta_batch, weights, n_groups = setting
-    grads, value, _, _ = outer_hypergradient(
-        objective, theta, llm, llm_init, train_batch, meta_batch, weights,
-        UniformBalancer(n_groups), XI, BETA, mode,
+    objective, theta, llm, llm_init, train_batch, meta_batch, n_groups = setting
+    grads, value = outer_hypergradient(
+        objective, theta, llm, llm_init, train_batch, meta_batch, UniformBalancer(n_groups), XI, BETA, mode,
     )
     return grads[0], value
 
 
 def lookahead_objective_value(setting, llm_table):
     """F(E) evaluated from scratch: theta'(E) = theta - xi grad L_in(E, theta), then F."""
-    objective, theta, _, llm_init, train_batch, meta_batch, weights, n_groups = setting
+    objective, theta, _, llm_init, train_batch, meta_batch, n_groups = setting
     theta = [t.detach().requires_grad_() for t in theta]
-    inner = objective.inner_loss(theta, [llm_table], train_batch, weights)
+    inner = objective.inner_loss(theta, [llm_table], train_batch)
     grads = torch.autograd.grad(inner, theta)
     theta_prime = [t - XI * g for t, g in zip(theta, grads)]
     losses, counts = objective.group_losses(theta_prime, [llm_table], meta_batch)
@@ -72,10 +71,10 @@ def test_finite_difference_agrees_with_exact_and_first_order_differs(setting):
 
 
 def test_first_order_is_the_direct_term(setting):
-    objective, theta, llm, llm_init, train_batch, meta_batch, weights, n_groups = setting
+    objective, theta, llm, llm_init, train_batch, meta_batch, n_groups = setting
     first_order, _ = hypergradient(setting, "first_order")
     theta = [t.detach().requires_grad_() for t in theta]
-    grads = torch.autograd.grad(objective.inner_loss(theta, llm, train_batch, weights), theta)
+    grads = torch.autograd.grad(objective.inner_loss(theta, llm, train_batch), theta)
     theta_prime = [(t - XI * g).detach() for t, g in zip(theta, grads)]
     table = llm[0].detach().requires_grad_()
     losses, counts = objective.group_losses(theta_prime, [table], meta_batch)
@@ -122,8 +121,24 @@ def test_inner_step_moves_theta_not_e_and_outer_step_moves_only_e(tiny):
 
 
 def test_lookahead_objective_reads_parameters_as_given(setting):
-    objective, theta, llm, _, train_batch, _, weights, _ = setting
-    base = objective.inner_loss(theta, llm, train_batch, weights)
-    shifted = objective.inner_loss(theta, [llm[0] + 0.5], train_batch, weights)
+    objective, theta, llm, _, train_batch, _, _ = setting
+    base = objective.inner_loss(theta, llm, train_batch)
+    shifted = objective.inner_loss(theta, [llm[0] + 0.5], train_batch)
     assert isinstance(objective, LookAheadObjective)
     assert not torch.isclose(base, shifted)
+
+
+@pytest.mark.parametrize("settings", [{"inner_weighting": "none"}, {"inner_weighting": "item_ips"},
+                                      {"loss_spread_weight": 0.5}, {"balancer": "softmax"}])
+def test_lookahead_inner_loss_is_the_inner_steps_loss(tiny, settings):
+    _, train_data, _, _, model, trainer = tiny(train_batch_size=64, **NO_DROPOUT, **settings)
+    trainer._set_up_groups(train_data)
+    model.eval()
+    batch = next(iter(train_data))
+    theta = [p for _, p in trainer._inner_named]
+    llm = [p for _, p in trainer._llm_named]
+    with torch.no_grad():
+        step_loss = trainer._inner_loss(batch)
+    lookahead = trainer.objective.inner_loss(theta, llm, batch)
+    assert lookahead.item() == pytest.approx(step_loss.item(), rel=1e-6)
+    trainer._outer_step(batch, next(iter(train_data)), 0, 1)

@@ -61,4 +61,4 @@ def test_plain_sasrec_config_builds_through_the_plugin():
     from recbole_bifair.config import Config
 
     config = Config(model="SASRec", dataset="ml-100k", config_dict={"state": "WARNING"})
-    assert config["train_neg_sample_args"] is None
+    assert config["train_neg_sample_args"]["distribution"] == "none"

@@ -60,11 +60,3 @@ def test_extra_rows_are_trainable_vectors_after_the_llm_rows():
     assert layer.num_embeddings == 7
     assert torch.equal(layer(torch.tensor([6]))[0], layer.extra_weight[0])
     assert layer.weight.shape == (7, 4)
-
-
-def test_proximity_is_zero_at_start_and_grows():
-    layer = make_layer(freeze=False)
-    assert layer.proximity().item() == 0
-    with torch.no_grad():
-        layer.llm_weight[1] += 1.0
-    assert layer.proximity().item() == pytest.approx(8.0)

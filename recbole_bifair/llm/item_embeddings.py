@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from recbole_bifair.config_values import choice, positive_int
 from recbole_bifair.errors import BiFairInputError
 from recbole_bifair.llm import atomic_file, cache, encoder, item_text
 
@@ -63,25 +64,6 @@ def read_settings(config):
         template=config["llm_text_template"] or None,
         batch_size=positive_int(config, "llm_encode_batch_size", 64),
     )
-
-
-def choice(config, key, allowed):
-    """``config[key]`` (default: the first allowed value), which must be one of ``allowed``."""
-    value = config[key]
-    if value is None:
-        return allowed[0]
-    if value not in allowed:
-        raise BiFairInputError(f"{key} must be one of {', '.join(allowed)}; got {value!r}.")
-    return value
-
-
-def positive_int(config, key, default):
-    value = config[key]
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise BiFairInputError(f"{key} must be a positive integer; got {value!r}.")
-    return value
 
 
 def default_vector_file(config):

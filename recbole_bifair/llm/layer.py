@@ -98,9 +98,5 @@ class LLMItemEmbedding(nn.Module):
             vectors[~is_llm_row] = self.extra_weight[unique_ids[~is_llm_row] - self.n_llm_rows]
         return vectors[inverse]
 
-    def proximity(self):
-        """``||E - E0||^2``, BiFair's pull of the LLM table towards the LLM's own vectors."""
-        return (self.llm_weight - self.llm_weight_init).pow(2).sum()
-
     def extra_repr(self):
         return f"{self.num_embeddings}, {self.embedding_dim}, llm_dim={self.llm_dim}, frozen={not self.llm_weight.requires_grad}"

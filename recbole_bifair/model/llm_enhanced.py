@@ -79,7 +79,7 @@ class LLMEnhancedMixin:
         freeze = False if self.bifair else bool(config["llm_freeze"])
         for name in item_table_names(self, config):
             layer = llm_item_embedding_for(getattr(self, name), llm_table, config, freeze)
-            setattr(self, name, layer.to(llm_table.device if llm_table.is_cuda else config["device"]))
+            setattr(self, name, layer)
 
     def llm_item_embeddings(self):
         """The model's LLM layers (one per replaced item table)."""

@@ -8,8 +8,9 @@ objective; a strategy turns the group losses of a batch into weights over the gr
   exponential moving averages ``Lbar_g`` of the group losses.
 - ``mgda``: the min-norm point of the group gradients over the simplex (multiple-gradient
   descent), with an entropy term so the weights do not collapse:
-  ``w = argmin_{w in simplex} ||sum_g w_g grad_g||^2 - mu * H(w)``, solved by exponentiated
-  gradient (mirror descent), which handles the entropy term directly.
+  ``w = argmin_{w in simplex} ||sum_g w_g grad_g||^2 / max_g ||grad_g||^2 - mu * H(w)``
+  (the gradients' scale divided out, so ``mu`` means the same at any loss scale), solved by
+  exponentiated gradient (mirror descent), which handles the entropy term directly.
 - ``dro``: GroupDRO's exponentiated-gradient ascent, ``q_g <- q_g * exp(eta * L_g)``, normalised.
 - ``uniform``: ``w_g = 1 / K`` (the ablation without adaptive weights).
 - ``inverse_frequency``: ``w_g`` proportional to ``1 / share_g``, the group's share of training
@@ -23,6 +24,7 @@ import math
 
 import torch
 
+from recbole_bifair.config_values import number
 from recbole_bifair.errors import BiFairInputError
 
 
@@ -45,7 +47,7 @@ class Balancer:
 
     def load_state_dict(self, state):
         for key, value in state.items():
-            setattr(self, key, value)
+            setattr(self, key, value.cpu() if isinstance(value, torch.Tensor) else value)
 
 
 class UniformBalancer(Balancer):
@@ -56,7 +58,7 @@ class UniformBalancer(Balancer):
 class FixedBalancer(Balancer):
     def __init__(self, n_groups, fixed_weights):
         super().__init__(n_groups)
-        if fixed_weights is None or len(fixed_weights) != n_groups or min(fixed_weights) < 0 or sum(fixed_weights) <= 0:
+        if not isinstance(fixed_weights, (list, tuple)) or len(fixed_weights) != n_groups or min(fixed_weights) < 0 or sum(fixed_weights) <= 0:
             raise BiFairInputError(
                 f"balancer 'fixed' needs fixed_group_weights: {n_groups} non-negative numbers "
                 f"(one per item group), got {fixed_weights!r}."
@@ -136,10 +138,11 @@ class GroupDROBalancer(Balancer):
 
 
 def min_norm_weights(gram, entropy_weight=0.0, iterations=500, step_size=1.0):
-    """``argmin_{w in simplex} w^T G w - mu * H(w)`` for the Gram matrix ``G`` of the group
-    gradients (``G_gh = <grad_g, grad_h>``), by exponentiated gradient from uniform weights.
-    ``G`` is scaled by its largest diagonal entry first (the minimiser does not change when
-    ``mu`` is scaled with it), so ``step_size`` needs no tuning."""
+    """``argmin_{w in simplex} w^T G w / max_g G_gg - mu * H(w)`` for the Gram matrix ``G`` of
+    the group gradients (``G_gh = <grad_g, grad_h>``), by exponentiated gradient from uniform
+    weights. Dividing by the largest squared gradient norm makes the result independent of the
+    gradients' scale (``mu`` keeps its meaning) and lets ``step_size`` need no tuning; with
+    ``mu = 0`` it is the plain min-norm point."""
     gram = gram.double()
     scale = gram.diagonal().max().clamp(min=1e-30)
     gram = gram / scale
@@ -188,11 +191,11 @@ STRATEGIES = ("softmax", "mgda", "dro", "uniform", "inverse_frequency", "fixed")
 def build_balancer(strategy, config, n_groups, train_share):
     """The balancer named ``strategy`` with its settings from ``config``."""
     if strategy == "softmax":
-        return SoftmaxBalancer(n_groups, config["balancer_temperature"], config["balancer_ema_decay"])
+        return SoftmaxBalancer(n_groups, number(config, "balancer_temperature"), number(config, "balancer_ema_decay"))
     if strategy == "mgda":
-        return MGDABalancer(n_groups, config["mgda_entropy_weight"])
+        return MGDABalancer(n_groups, number(config, "mgda_entropy_weight"))
     if strategy == "dro":
-        return GroupDROBalancer(n_groups, config["dro_step_size"])
+        return GroupDROBalancer(n_groups, number(config, "dro_step_size"))
     if strategy == "uniform":
         return UniformBalancer(n_groups)
     if strategy == "inverse_frequency":

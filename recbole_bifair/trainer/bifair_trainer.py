@@ -11,6 +11,7 @@ Each training batch ``B_t``:
 """
 from torch.nn.utils import clip_grad_norm_
 
+from recbole_bifair.config_values import choice, number, positive_int
 from recbole_bifair.errors import BiFairInputError
 from recbole_bifair.trainer.bilevel import HYPERGRADIENT_MODES, LookAheadObjective, outer_hypergradient
 from recbole_bifair.trainer.group_fair_trainer import GroupFairTrainer
@@ -27,20 +28,14 @@ class BiFairTrainer(GroupFairTrainer):
             )
         super().__init__(config, model)
         self.outer_enabled = bool(config["bifair_outer"])
-        self.hypergradient = config["hypergradient"]
-        if self.hypergradient not in HYPERGRADIENT_MODES:
-            raise BiFairInputError(
-                f"hypergradient '{self.hypergradient}' is unknown; choose one of {', '.join(HYPERGRADIENT_MODES)}."
-            )
-        self.outer_every = config["outer_every"]
-        if not isinstance(self.outer_every, int) or self.outer_every < 1:
-            raise BiFairInputError(f"outer_every must be an integer >= 1, got {self.outer_every!r}.")
-        self.lookahead_lr = config["lookahead_lr"] if config["lookahead_lr"] is not None else self.learning_rate
-        self.proximity_weight = float(config["proximity_weight"])
+        self.hypergradient = choice(config, "hypergradient", HYPERGRADIENT_MODES)
+        self.outer_every = positive_int(config, "outer_every")
+        self.lookahead_lr = number(config, "lookahead_lr", minimum=0.0, default=self.learning_rate)
+        self.proximity_weight = number(config, "proximity_weight", minimum=0.0)
         self.outer_optimizer = self._build_optimizer(
             params=model.llm_parameters(),
             learner=config["outer_learner"],
-            learning_rate=config["outer_learning_rate"],
+            learning_rate=number(config, "outer_learning_rate", minimum=0.0, strictly_above=True),
             weight_decay=0.0,
         )
         self.outer_balancer = None
@@ -60,6 +55,7 @@ class BiFairTrainer(GroupFairTrainer):
             [n for n, _ in self._llm_named],
             self._item_group,
             self.item_groups.n_groups,
+            self.combine_losses,
         )
         shared_ids = {id(p) for p in self._mgda_shared_parameters()}
         self._shared_index = [i for i, (_, p) in enumerate(self._inner_named) if id(p) in shared_ids]
@@ -70,14 +66,13 @@ class BiFairTrainer(GroupFairTrainer):
 
     def _outer_step(self, train_batch, meta_batch, epoch_idx, step):
         """One update of E on the fairness-aware look-ahead objective (``bilevel``)."""
-        grads, objective, _, _ = outer_hypergradient(
+        grads, objective = outer_hypergradient(
             self.objective,
             [p for _, p in self._inner_named],
             [p for _, p in self._llm_named],
             [layer.llm_weight_init for layer in self.model.llm_item_embeddings()],
             train_batch,
             meta_batch,
-            self.inner_weights(),
             self.outer_balancer,
             self.lookahead_lr,
             self.proximity_weight,

@@ -41,37 +41,44 @@ class LookAheadObjective:
     look-ahead ``theta'`` and perturbed ``theta +- eps v`` never touch the model's own weights.
 
     ``inner_names`` are theta's parameter names, ``llm_names`` E's, as in
-    ``model.named_parameters()``; ``item_group`` maps internal item ids to groups."""
+    ``model.named_parameters()``; ``item_group`` maps internal item ids to groups;
+    ``combine_losses(losses, items)`` turns per-example losses into the inner level's loss
+    (``GroupFairTrainer.combine_losses``)."""
 
-    def __init__(self, model, inner_names, llm_names, item_group, n_groups):
+    def __init__(self, model, inner_names, llm_names, item_group, n_groups, combine_losses):
         self.module = _PerExampleLossModule(model)
         self.model = model
         self.inner_names = list(inner_names)
         self.llm_names = list(llm_names)
         self.item_group = item_group
         self.n_groups = n_groups
+        self.combine_losses = combine_losses
 
-    def group_losses(self, theta, llm, interaction):
-        """``(L_g [K], n_g [K])`` on ``interaction`` with ``theta`` and ``E`` given as lists."""
+    def example_losses(self, theta, llm, interaction):
+        """Per-example losses on ``interaction`` with ``theta`` and ``E`` given as lists."""
         params = {"model." + n: t for n, t in zip(self.inner_names, theta)}
         params.update({"model." + n: t for n, t in zip(self.llm_names, llm)})
-        losses = functional_call(self.module, params, (interaction,))
-        groups = self.item_group[interaction[self.model.ITEM_ID]]
-        return group_mean_losses(losses, groups, self.n_groups)
+        return functional_call(self.module, params, (interaction,))
 
-    def inner_loss(self, theta, llm, interaction, weights):
-        """``L_in``: the inner level's group-weighted loss."""
-        group_losses, counts = self.group_losses(theta, llm, interaction)
-        return weighted_group_loss(group_losses, counts, weights)
+    def group_losses(self, theta, llm, interaction):
+        """``(L_g [K], n_g [K])`` on ``interaction``."""
+        losses = self.example_losses(theta, llm, interaction)
+        return group_mean_losses(losses, self.item_group[interaction[self.model.ITEM_ID]], self.n_groups)
+
+    def inner_loss(self, theta, llm, interaction):
+        """``L_in``: the inner level's loss, exactly as the inner step computes it."""
+        losses = self.example_losses(theta, llm, interaction)
+        return self.combine_losses(losses, interaction[self.model.ITEM_ID])
 
 
-def _proximity(llm, llm_init, beta):
+def proximity(llm, llm_init, beta):
+    """``beta * ||E - E0||^2``: the pull of the LLM tables towards the LLM's own vectors."""
     return beta * sum((e - e0).pow(2).sum() for e, e0 in zip(llm, llm_init))
 
 
-def outer_hypergradient(objective, theta, llm, llm_init, train_batch, meta_batch, inner_weights,
+def outer_hypergradient(objective, theta, llm, llm_init, train_batch, meta_batch,
                         outer_balancer, xi, beta, mode="first_order", shared=()):
-    """``(dF/dE for each E, F, the meta batch's group losses and counts)``.
+    """``(dF/dE for each E, F)``.
 
     ``theta`` and ``llm`` are the current parameter tensors (not modified); ``outer_balancer``
     is updated with the meta batch's group losses before its weights ``lambda`` are read (an
@@ -81,8 +88,9 @@ def outer_hypergradient(objective, theta, llm, llm_init, train_batch, meta_batch
     theta = [t.detach().requires_grad_() for t in theta]
     llm = [e.detach().requires_grad_() for e in llm]
     exact = mode == "exact"
+    lookahead_random_state = _random_state()
 
-    inner = objective.inner_loss(theta, llm, train_batch, inner_weights)
+    inner = objective.inner_loss(theta, llm, train_batch)
     inner_grads = torch.autograd.grad(inner, theta, create_graph=exact)
     theta_prime = [t - xi * g for t, g in zip(theta, inner_grads)]
     if not exact:
@@ -96,16 +104,16 @@ def outer_hypergradient(objective, theta, llm, llm_init, train_batch, meta_batch
     )
     outer_balancer.update(meta_losses.detach(), meta_counts, group_gradients)
     lambdas = outer_balancer.weights().to(meta_losses.device)
-    objective_value = weighted_group_loss(meta_losses, meta_counts, lambdas) + _proximity(llm, llm_init, beta)
+    objective_value = weighted_group_loss(meta_losses, meta_counts, lambdas) + proximity(llm, llm_init, beta)
 
     if mode == "finite_difference":
         direct = torch.autograd.grad(objective_value, llm + theta_prime)
         direct_llm, v = direct[: len(llm)], direct[len(llm):]
-        hvp = finite_difference_mixed_hvp(objective, theta, llm, train_batch, inner_weights, v)
+        hvp = finite_difference_mixed_hvp(objective, theta, llm, train_batch, v, lookahead_random_state)
         grads = [d - xi * h for d, h in zip(direct_llm, hvp)]
     else:
         grads = torch.autograd.grad(objective_value, llm)
-    return [g.detach() for g in grads], objective_value.detach(), meta_losses.detach(), meta_counts
+    return [g.detach() for g in grads], objective_value.detach()
 
 
 def group_gradients_over(group_losses, counts, params):
@@ -122,20 +130,22 @@ def group_gradients_over(group_losses, counts, params):
     return torch.stack(rows).detach()
 
 
-def finite_difference_mixed_hvp(objective, theta, llm, batch, weights, v):
+def finite_difference_mixed_hvp(objective, theta, llm, batch, v, random_state):
     """``(d^2 L_in / dE dtheta) . v`` by central differences along ``v`` (``eps = 0.01/||v||``).
-    Both evaluations replay the same random state, so dropout masks match."""
+    Both evaluations replay ``random_state``, the one the look-ahead's inner loss was computed
+    with, so all three share their dropout masks."""
     norm = torch.sqrt(sum((t.detach() ** 2).sum() for t in v))
     eps = 0.01 / norm.clamp(min=1e-12)
-    rng_state = _random_state()
+    after = _random_state()
 
     def grad_llm_at(sign):
-        _set_random_state(rng_state)
+        _set_random_state(random_state)
         shifted = [(t + sign * eps * d).detach() for t, d in zip(theta, v)]
-        loss = objective.inner_loss(shifted, llm, batch, weights)
+        loss = objective.inner_loss(shifted, llm, batch)
         return torch.autograd.grad(loss, llm)
 
     plus, minus = grad_llm_at(1.0), grad_llm_at(-1.0)
+    _set_random_state(after)
     return [(p - m) / (2 * eps) for p, m in zip(plus, minus)]
 
 

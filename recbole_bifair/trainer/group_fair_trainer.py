@@ -16,15 +16,16 @@ import random
 import numpy as np
 import torch
 from recbole.trainer import Trainer
-from recbole.utils import calculate_valid_score, get_gpu_usage, set_color
+from recbole.utils import get_gpu_usage, set_color
 from torch.nn.utils import clip_grad_norm_
 from tqdm import tqdm
 
+from recbole_bifair.config_values import choice, number
 from recbole_bifair.errors import BiFairInputError
+from recbole_bifair.evaluator.groups import training_item_counts
 from recbole_bifair.trainer.balancer import build_balancer
 from recbole_bifair.trainer.bilevel import group_gradients_over
 from recbole_bifair.trainer.losses import group_mean_losses, per_example_loss, weighted_group_loss
-from recbole_bifair.trainer.valid_score import combined_valid_score
 
 INNER_WEIGHTINGS = ("group", "item_ips", "none")
 
@@ -43,12 +44,9 @@ class GroupFairTrainer(Trainer):
                 f"{type(self).__name__} trains the plugin's LLM-enhanced models; got {type(model).__name__}."
             )
         super().__init__(config, model)
-        self.inner_weighting = config["inner_weighting"]
-        if self.inner_weighting not in INNER_WEIGHTINGS:
-            raise BiFairInputError(
-                f"inner_weighting '{self.inner_weighting}' is unknown; choose one of {', '.join(INNER_WEIGHTINGS)}."
-            )
-        self.loss_spread_weight = float(config["loss_spread_weight"] or 0.0)
+        self.inner_weighting = choice(config, "inner_weighting", INNER_WEIGHTINGS)
+        self.loss_spread_weight = number(config, "loss_spread_weight", minimum=0.0, default=0.0)
+        self.ips_power = number(config, "ips_power", minimum=0.0, default=1.0)
         self.item_groups = None
         self.inner_balancer = None
         self._resumed_state = None
@@ -72,10 +70,8 @@ class GroupFairTrainer(Trainer):
         self.item_groups = build_item_groups(self.config, train_data.dataset)
         self._item_group = self.item_groups.item_group.to(self.device)
         self.inner_balancer = self._build_balancer(self.config["balancer"])
-        counts = torch.zeros(train_data.dataset.item_num)
-        for item, count in train_data.dataset.item_counter.items():
-            counts[item] = count
-        self._item_ips = counts.clamp(min=1).pow(-float(self.config["ips_power"])).to(self.device)
+        counts = torch.from_numpy(training_item_counts(train_data.dataset)).double()
+        self._item_ips = counts.clamp(min=1).pow(-self.ips_power).float().to(self.device)
 
     def _build_balancer(self, strategy):
         return build_balancer(strategy, self.config, self.item_groups.n_groups, self.item_groups.train_share)
@@ -111,6 +107,7 @@ class GroupFairTrainer(Trainer):
         """One update of theta (projector + backbone) on the group-aware loss; E is held."""
         self.optimizer.zero_grad()
         llm_params = self.model.llm_parameters()
+        trainable = [p.requires_grad for p in llm_params]
         for p in llm_params:
             p.requires_grad_(False)
         try:
@@ -118,24 +115,32 @@ class GroupFairTrainer(Trainer):
             self._check_finite(loss, "inner", epoch_idx, step)
             loss.backward()
         finally:
-            for p in llm_params:
-                p.requires_grad_(True)
+            for p, flag in zip(llm_params, trainable):
+                p.requires_grad_(flag)
         if self.clip_grad_norm:
             clip_grad_norm_(self.model.inner_parameters(), **self.clip_grad_norm)
         self.optimizer.step()
         return loss.item()
 
     def _inner_loss(self, interaction):
+        """The inner level's loss on ``interaction``; updates the balancer with its groups."""
         losses = per_example_loss(self.model, interaction)
-        items = interaction[self.model.ITEM_ID]
+        return self.combine_losses(losses, interaction[self.model.ITEM_ID], update_balancer=True)
+
+    def combine_losses(self, losses, items, update_balancer=False):
+        """One training loss from per-example ``losses`` of target ``items``: group-weighted
+        (``inner_weighting: group``), IPS-weighted (``item_ips``) or the mean (``none``), plus
+        ``loss_spread_weight * Var_g(L_g)``. BiFair's look-ahead calls it too
+        (``update_balancer=False``), so both levels see the same inner loss."""
         group_losses, counts = group_mean_losses(losses, self._item_group[items], self.item_groups.n_groups)
         if self.inner_weighting == "group":
-            gradients = (
-                group_gradients_over(group_losses, counts, self._mgda_shared_parameters())
-                if self.inner_balancer.needs_gradients
-                else None
-            )
-            self.inner_balancer.update(group_losses.detach(), counts, gradients)
+            if update_balancer:
+                gradients = (
+                    group_gradients_over(group_losses, counts, self._mgda_shared_parameters())
+                    if self.inner_balancer.needs_gradients
+                    else None
+                )
+                self.inner_balancer.update(group_losses.detach(), counts, gradients)
             loss = weighted_group_loss(group_losses, counts, self.inner_balancer.weights().to(losses.device))
         elif self.inner_weighting == "item_ips":
             weights = self._item_ips[items]
@@ -143,13 +148,8 @@ class GroupFairTrainer(Trainer):
         else:
             loss = losses.mean()
         if self.loss_spread_weight:
-            present = group_losses[counts > 0]
-            loss = loss + self.loss_spread_weight * present.var(unbiased=False)
+            loss = loss + self.loss_spread_weight * group_losses[counts > 0].var(unbiased=False)
         return loss
-
-    def inner_weights(self):
-        """The group weights of the inner loss, or None where it is not group-weighted."""
-        return self.inner_balancer.weights().to(self.device) if self.inner_weighting == "group" else None
 
     @staticmethod
     def _check_finite(loss, level, epoch_idx, step):
@@ -173,12 +173,6 @@ class GroupFairTrainer(Trainer):
             for g, weight in enumerate(balancer.weights().tolist()):
                 self.tensorboard.add_scalar(f"GroupWeights/{level}_g{g}", weight, epoch_idx)
 
-    def _valid_epoch(self, valid_data, show_progress=False):
-        valid_result = self.evaluate(valid_data, load_best_model=False, show_progress=show_progress)
-        if self.valid_metric in valid_result:
-            return calculate_valid_score(valid_result, self.valid_metric), valid_result
-        return combined_valid_score(valid_result, self.valid_metric), valid_result
-
     # ----- checkpoints ------------------------------------------------------------------------
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         if not self.config["single_spec"] and self.config["local_rank"] != 0:
@@ -189,6 +183,7 @@ class GroupFairTrainer(Trainer):
             "epoch": epoch,
             "cur_step": self.cur_step,
             "best_valid_score": self.best_valid_score,
+            "best_valid_result": self.best_valid_result,
             "state_dict": self.model.state_dict(),
             "other_parameter": self.model.other_parameter(),
             "optimizer": self.optimizer.state_dict(),
@@ -215,11 +210,12 @@ class GroupFairTrainer(Trainer):
     def resume_checkpoint(self, resume_file):
         """RecBole's resume (model, optimiser, epoch, early-stopping state); balancer, random
         and data-order states are restored when ``fit`` starts."""
-        checkpoint = torch.load(str(resume_file), map_location=self.device, weights_only=False)
+        checkpoint = torch.load(str(resume_file), map_location="cpu", weights_only=False)
         self.saved_model_file = str(resume_file)
         self.start_epoch = checkpoint["epoch"] + 1
         self.cur_step = checkpoint["cur_step"]
         self.best_valid_score = checkpoint["best_valid_score"]
+        self.best_valid_result = checkpoint.get("best_valid_result")
         self.model.load_state_dict(checkpoint["state_dict"])
         self.model.load_other_parameter(checkpoint.get("other_parameter"))
         self.optimizer.load_state_dict(checkpoint["optimizer"])

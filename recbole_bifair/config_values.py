@@ -1,0 +1,35 @@
+"""Typed reads of config values: each bad value is one ``BiFairInputError`` naming the key."""
+from recbole_bifair.errors import BiFairInputError
+
+
+def choice(config, key, allowed):
+    """``config[key]`` (default: the first allowed value), which must be one of ``allowed``."""
+    value = config[key]
+    if value is None:
+        return allowed[0]
+    if value not in allowed:
+        raise BiFairInputError(f"{key} must be one of {', '.join(allowed)}; got {value!r}.")
+    return value
+
+
+def positive_int(config, key, default=None):
+    """``config[key]`` as an integer >= 1 (``default`` when it is unset)."""
+    value = config[key]
+    if value is None and default is not None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise BiFairInputError(f"{key} must be a positive integer; got {value!r}.")
+    return value
+
+
+def number(config, key, minimum=None, default=None, strictly_above=False):
+    """``config[key]`` as a float, at least ``minimum`` (above it if ``strictly_above``)."""
+    value = config[key]
+    if value is None and default is not None:
+        return float(default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BiFairInputError(f"{key} must be a number; got {value!r}.")
+    if minimum is not None and (value < minimum or (strictly_above and value == minimum)):
+        relation = ">" if strictly_above else ">="
+        raise BiFairInputError(f"{key} must be {relation} {minimum}; got {value!r}.")
+    return float(value)
