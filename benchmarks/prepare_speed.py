@@ -28,22 +28,9 @@ import pandas as pd
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHILD = """
-import json, resource, sys, time
+import json, sys, time
 sys.path.insert(0, {root!r})
-
-
-def peak_rss_mb():
-    # VmHWM belongs to this address space; ru_maxrss would carry over the forking parent's peak.
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
+from recbole_bifair.benchmark import peak_rss_mb
 from recbole_bifair.data import prepare_dataset
 imported_mb = peak_rss_mb()
 start = time.perf_counter()

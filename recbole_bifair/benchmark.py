@@ -47,7 +47,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from collections import deque
@@ -60,6 +59,7 @@ import pandas as pd
 import yaml
 
 from recbole_bifair.errors import BiFairInputError
+from recbole_bifair.llm.atomic_file import write_text_atomically
 
 RUN_FLAG = "--run"
 DEFAULT_PROG = "python -m recbole_bifair.benchmark"
@@ -122,7 +122,10 @@ def load_spec(path, output_dir=None, overrides=None):
 
 def _read_spec_mapping(path):
     with open(path, encoding="utf-8") as f:
-        raw = yaml.safe_load(f) or {}
+        try:
+            raw = yaml.safe_load(f) or {}
+        except yaml.YAMLError as error:
+            raise BiFairInputError(f"Benchmark spec {path} is not valid YAML: {error}") from None
     if not isinstance(raw, dict):
         raise BiFairInputError(f"Benchmark spec {path}: expected a mapping with name, datasets, seeds, models.")
     return raw
@@ -158,7 +161,7 @@ def spec_from_dict(raw, default_name="benchmark"):
         name=name, datasets=datasets, seeds=[int(s) for s in seeds], shared=shared,
         models=model_entries(raw.get("models")),
         output_dir=raw.get("output_dir") or os.path.join("results", name),
-        report_k=int(raw.get("report_k") or 10),
+        report_k=_report_k(raw.get("report_k") or 10),
         keep_checkpoints=bool(raw.get("keep_checkpoints", False)),
     )
 
@@ -196,6 +199,17 @@ def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _report_k(value):
+    """``report_k`` as a positive integer (an integer string is accepted, as ``int`` would)."""
+    try:
+        k = int(value) if isinstance(value, str) else value
+    except ValueError:
+        k = None
+    if not _is_int(k) or k < 1:
+        raise BiFairInputError(f"Benchmark spec: report_k must be a positive integer, got {value!r}.")
+    return k
+
+
 def parse_overrides(pairs):
     """``["epochs=1", "rerank={target: uniform}"]`` -> ``{"epochs": 1, "rerank": {...}}`` (YAML values)."""
     overrides = {}
@@ -203,7 +217,11 @@ def parse_overrides(pairs):
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise BiFairInputError(f"--set {pair!r}: use --set key=value, e.g. --set epochs=1.")
-        overrides[key.strip()] = yaml.safe_load(value)
+        try:
+            overrides[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            raise BiFairInputError(
+                f"--set {pair!r}: the value is not valid YAML ({error}). Quote it or fix its syntax.") from None
     return overrides
 
 
@@ -256,14 +274,7 @@ def record_path(spec, plan):
 
 def load_record(spec, plan):
     """The saved record of ``plan``, or None when there is none or it is unreadable."""
-    path = record_path(spec, plan)
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+    return _read_json(record_path(spec, plan))
 
 
 def is_finished(record, plan):
@@ -439,6 +450,7 @@ def _remove(path):
 
 
 def _read_json(path):
+    """The JSON data in ``path``, or None when it is missing or unreadable."""
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
@@ -448,13 +460,8 @@ def _read_json(path):
 
 def write_json_atomic(path, data):
     """Write ``data`` as JSON to ``path`` through a temporary file and a rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False, encoding="utf-8") as f:
-        json.dump(data, f, indent=2, default=_json_default)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(f.name, path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_text_atomically(path, json.dumps(data, indent=2, default=_json_default))
 
 
 def _json_default(value):
@@ -496,13 +503,15 @@ def peak_memory():
     and the peak GPU memory allocated by torch when the run used CUDA."""
     import torch
 
-    memory = {"peak_rss_mb": _peak_rss_mb(), "peak_gpu_mb": None}
+    memory = {"peak_rss_mb": peak_rss_mb(), "peak_gpu_mb": None}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         memory["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
     return memory
 
 
-def _peak_rss_mb():
+def peak_rss_mb():
+    """Peak resident memory of this process in MB: VmHWM on Linux (this address space's own;
+    ru_maxrss would carry over a forking parent's peak), else getrusage's maxrss."""
     try:
         with open("/proc/self/status", encoding="ascii") as status:
             for line in status:

@@ -2,6 +2,15 @@
 from recbole_bifair.errors import BiFairInputError
 
 
+def config_value(config, key, default=None):
+    """``config[key]`` for a RecBole Config or a dict; ``default`` when missing or None."""
+    try:
+        value = config[key]
+    except KeyError:
+        value = None
+    return default if value is None else value
+
+
 def choice(config, key, allowed):
     """``config[key]`` (default: the first allowed value), which must be one of ``allowed``."""
     value = config[key]

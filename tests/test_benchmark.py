@@ -184,3 +184,18 @@ def test_spec_and_command_line_errors(tmp_path, capsys):
     spec = write_spec(str(tmp_path))
     assert benchmark.benchmark_main([f"--benchmark={spec}", "--models", "Nope"]) == 2
     assert "unknown model(s) ['Nope']" in capsys.readouterr().err
+
+
+def test_yaml_syntax_and_report_k_errors(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("datasets: [tiny\nseeds: [1]\n", encoding="utf-8")
+    with pytest.raises(BiFairInputError, match=r"broken\.yaml is not valid YAML"):
+        benchmark.load_spec(str(broken))
+    with pytest.raises(BiFairInputError, match=r"--set 'rerank=\{target: uniform': the value is not valid YAML"):
+        benchmark.parse_overrides(["rerank={target: uniform"])
+    spec = {"datasets": ["tiny"], "seeds": [1], "models": ["SASRec"]}
+    for report_k in ("ten", 2.5, -1, [10]):
+        with pytest.raises(BiFairInputError, match="report_k must be a positive integer"):
+            benchmark.spec_from_dict({**spec, "report_k": report_k})
+    assert benchmark.spec_from_dict(spec).report_k == 10
+    assert benchmark.spec_from_dict({**spec, "report_k": "5"}).report_k == 5

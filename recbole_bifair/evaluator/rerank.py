@@ -40,6 +40,7 @@ import logging
 
 import torch
 
+from recbole_bifair.config_values import config_value
 from recbole_bifair.errors import BiFairInputError
 
 DEFAULTS = {"method": "exposure", "target": "train_share", "candidates": 50, "k": None, "lambda": 0.0}
@@ -49,7 +50,7 @@ NAMED_TARGETS = ("train_share", "uniform")
 
 def rerank_config(config):
     """The ``rerank`` block with defaults filled in and validated, or None when off."""
-    given = _config_value(config, "rerank")
+    given = config_value(config, "rerank")
     if given is None or given is False:
         return None
     if not isinstance(given, dict):
@@ -100,7 +101,7 @@ def build_reranker(config):
     block = rerank_config(config)
     if block is None:
         return None
-    k = block["k"] or max(_as_list(_config_value(config, "topk") or [10]))
+    k = block["k"] or max(_as_list(config_value(config, "topk") or [10]))
     if block["candidates"] < k:
         raise BiFairInputError(
             f"rerank.candidates ({block['candidates']}) is smaller than the list length K = {k} "
@@ -129,15 +130,17 @@ class ExposureReranker:
             f"towards the group exposure target ({self.target_spec}: {shares}), lambda {self.lam}.")
         return self
 
-    def rerank(self, scores):
+    def rerank(self, scores, item_group=None):
         """[n x K] re-ranked item ids for a [n x items] score matrix; -1 where a row has fewer
-        than K candidates."""
+        than K candidates. ``item_group``: the fitted table already on ``scores.device``
+        (a caller's cached copy; default: copied there)."""
         if self.item_group is None:
             raise RuntimeError(
                 "The re-ranker needs the item groups of the training split: call "
                 "trainer.eval_collector.data_collect(train_data) (trainer.fit does) before evaluating.")
         cand_scores, cand_items = torch.topk(scores, min(self.candidates, scores.shape[1]), dim=1)
-        item_group = self.item_group.to(scores.device)
+        if item_group is None:
+            item_group = self.item_group.to(scores.device)
         cand_groups = item_group[cand_items]
         valid = ~torch.isneginf(cand_scores) & ~torch.isnan(cand_scores) & (cand_groups >= 0)
         n_groups = len(self.target)
@@ -148,12 +151,13 @@ class ExposureReranker:
         items = cand_items.gather(1, positions.clamp(min=0))
         return items.masked_fill(positions < 0, -1)
 
-    def rerank_scores(self, scores):
+    def rerank_scores(self, scores, item_group=None):
         """``scores`` with each row's re-ranked items given the K highest scores, in order
-        (other scores unchanged); 1-D scores (value-based evaluation) are returned as they are."""
+        (other scores unchanged); 1-D scores (value-based evaluation) are returned as they are.
+        ``item_group`` as in :meth:`rerank`."""
         if scores.dim() != 2:
             return scores
-        items = self.rerank(scores)
+        items = self.rerank(scores, item_group)
         finite = scores.masked_fill(~torch.isfinite(scores), float("-inf"))
         row_max = finite.max(dim=1).values
         row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
@@ -256,10 +260,3 @@ def min_max_normalised(cand_scores, valid):
 
 def _as_list(value):
     return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-def _config_value(config, key):
-    try:
-        return config[key]
-    except KeyError:
-        return None

@@ -11,6 +11,7 @@ import uuid
 import numpy as np
 
 from recbole_bifair.errors import BiFairInputError
+from recbole_bifair.input_files import open_text
 
 
 def read_vector_file(path, ids_path=None, field_separator="\t", seq_separator=" ", encoding="utf-8"):
@@ -25,7 +26,7 @@ def read_vector_file(path, ids_path=None, field_separator="\t", seq_separator=" 
 def read_itememb(path, field_separator="\t", seq_separator=" ", encoding="utf-8"):
     """``(tokens, float32 matrix)`` from an atomic ``.itememb`` file."""
     tokens, vectors, line_numbers = [], [], []
-    with open(path, encoding=encoding) as f:
+    with open_text(path, encoding, "encoding") as f:
         check_itememb_header(f.readline().rstrip("\r\n"), path, field_separator)
         for line_number, line in enumerate(f, start=2):
             if not line.strip():
@@ -115,7 +116,7 @@ def read_npy_with_ids(path, ids_path, encoding="utf-8"):
 
 def read_ids_file(ids_path, encoding="utf-8"):
     """One item token per line; trailing blank lines are ignored, blank lines inside are not."""
-    with open(ids_path, encoding=encoding) as f:
+    with open_text(ids_path, encoding, "encoding") as f:
         tokens = [line.strip() for line in f.read().splitlines()]
     while tokens and not tokens[-1]:
         tokens.pop()

@@ -20,6 +20,7 @@ import torch
 
 from recbole_bifair.config_values import choice, positive_int
 from recbole_bifair.errors import BiFairInputError
+from recbole_bifair.input_files import existing_path
 from recbole_bifair.llm import atomic_file, cache, encoder, item_text
 
 SOURCES = ("auto", "file", "encoder")
@@ -86,20 +87,6 @@ def vector_file_for(config, settings):
             "llm_emb_file to your item vectors, or use llm_emb_source: auto to generate them."
         )
     return None
-
-
-def existing_path(value, data_path, key):
-    """``value`` as given (absolute or relative to the working folder), else inside the dataset
-    folder; a missing file is an error naming ``key``."""
-    path = os.path.expanduser(str(value))
-    candidates = [path] if os.path.isabs(path) else [os.path.abspath(path), os.path.join(data_path, path)]
-    for candidate in candidates:
-        if os.path.isfile(candidate):
-            return candidate
-    raise BiFairInputError(
-        f"{key} {value!r} not found (looked for {' and '.join(candidates)}). Give the path of an "
-        "existing file, absolute or relative to the working folder or the dataset folder."
-    )
 
 
 def table_from_file(config, settings, path, item_tokens):

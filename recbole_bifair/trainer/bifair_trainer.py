@@ -87,15 +87,9 @@ class BiFairTrainer(GroupFairTrainer):
             clip_grad_norm_(self.model.llm_parameters(), **self.clip_grad_norm)
         self.outer_optimizer.step()
 
-    def _balancers(self):
-        balancers = super()._balancers()
-        if self.outer_enabled:
-            balancers["outer"] = self.outer_balancer
-        return balancers
-
-    def _all_balancers(self):
-        balancers = super()._all_balancers()
-        if self.outer_balancer is not None:
+    def _balancers(self, in_use_only=False):
+        balancers = super()._balancers(in_use_only)
+        if self.outer_balancer is not None and (self.outer_enabled or not in_use_only):
             balancers["outer"] = self.outer_balancer
         return balancers
 

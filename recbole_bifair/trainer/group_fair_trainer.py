@@ -50,6 +50,8 @@ class GroupFairTrainer(Trainer):
         self.item_groups = None
         self.inner_balancer = None
         self._resumed_state = None
+        if config["enable_amp"]:
+            self.logger.warning(f"{type(self).__name__} trains in full precision: enable_amp is ignored.")
 
     def _build_optimizer(self, **kwargs):
         kwargs.setdefault("params", self.model.inner_parameters())
@@ -159,12 +161,15 @@ class GroupFairTrainer(Trainer):
                 "Lower learning_rate (and outer_learning_rate), or set clip_grad_norm."
             )
 
-    def _balancers(self):
-        """Named balancers whose weights are logged each epoch."""
-        return {"inner": self.inner_balancer} if self.inner_weighting == "group" else {}
+    def _balancers(self, in_use_only=False):
+        """The named balancers: all that exist (checkpointed), or those whose weights the loss
+        uses (logged each epoch)."""
+        if self.inner_balancer is None or (in_use_only and self.inner_weighting != "group"):
+            return {}
+        return {"inner": self.inner_balancer}
 
     def _log_group_weights(self, epoch_idx):
-        balancers = self._balancers()
+        balancers = self._balancers(in_use_only=True)
         if not balancers:
             return
         parts = [f"{level} {[round(w, 4) for w in b.weights().tolist()]}" for level, b in balancers.items()]
@@ -196,16 +201,13 @@ class GroupFairTrainer(Trainer):
     def _training_state(self):
         """What an exact resume needs beyond RecBole's checkpoint."""
         return {
-            "balancers": {level: b.state_dict() for level, b in self._all_balancers().items()},
+            "balancers": {level: b.state_dict() for level, b in self._balancers().items()},
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "numpy_rng": np.random.get_state(),
             "python_rng": random.getstate(),
             "train_generator": self._train_data.generator.get_state() if getattr(self, "_train_data", None) else None,
         }
-
-    def _all_balancers(self):
-        return {"inner": self.inner_balancer} if self.inner_balancer is not None else {}
 
     def resume_checkpoint(self, resume_file):
         """RecBole's resume (model, optimiser, epoch, early-stopping state); balancer, random
@@ -230,7 +232,7 @@ class GroupFairTrainer(Trainer):
         state, self._resumed_state = self._resumed_state, None
         if state is None:
             return
-        for level, balancer in self._all_balancers().items():
+        for level, balancer in self._balancers().items():
             balancer.load_state_dict(state["balancers"][level])
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] is not None and torch.cuda.is_available():
