@@ -23,16 +23,16 @@ def _inner_loss(trainer, batch):
 
 
 def test_baseline_families_use_the_group_fair_trainer(tiny):
-    for model, balancer in [("IPSSASRec", "inverse_frequency"), ("GroupDROSASRec", "dro")]:
+    for model, weighting, balancer in [("IPSSASRec", "item_ips", "softmax"), ("GroupDROSASRec", "group", "dro")]:
         config, _, _, _, built, trainer = tiny(model=model)
         assert type(trainer) is GroupFairTrainer
-        assert config["balancer"] == balancer and not built.bifair
+        assert (config["inner_weighting"], config["balancer"]) == (weighting, balancer) and not built.bifair
     config, *_ = tiny(model="VarRegSASRec")
     assert config["inner_weighting"] == "none" and config["loss_spread_weight"] == 1.0
 
 
 def test_group_ips_weights_are_inverse_training_shares(tiny):
-    _, train_data, _, _, _, trainer = tiny(model="IPSSASRec")
+    _, train_data, _, _, _, trainer = tiny(model="IPSSASRec", inner_weighting="group", balancer="inverse_frequency")
     trainer._set_up_groups(train_data)
     batch, losses, _, groups = _batch_parts(trainer, train_data)
     group_losses, counts = group_mean_losses(losses, groups, trainer.item_groups.n_groups)

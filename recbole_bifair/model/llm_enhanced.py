@@ -13,6 +13,7 @@ so RecBole's init never overwrites the LLM vectors.
 """
 import functools
 
+from recbole.utils import ModelType
 from torch import nn
 
 from recbole_bifair.errors import BiFairInputError
@@ -20,6 +21,47 @@ from recbole_bifair.llm.layer import LLMItemEmbedding, build_projector
 
 FAMILY_PREFIXES = ("BiFair", "GroupDRO", "IPS", "VarReg", "LLM")
 GROUP_FAIR_FAMILIES = ("BiFair", "GroupDRO", "IPS", "VarReg")
+
+# The backbones every family is tested with (tests/test_backbones.py); their item tables are
+# ``item_embedding`` or the ``llm_item_tables`` of ``properties/model/<Family><Backbone>.yaml``.
+TESTED_BACKBONES = (
+    "SASRec", "GRU4Rec", "BERT4Rec", "NARM", "STAMP", "Caser", "NextItNet", "FPMC",
+    "BPR", "LightGCN", "NeuMF",
+)
+# Backbones whose training loss has no one value per (sequence or user, target item) example,
+# so the group-aware families cannot weight item groups; LLM<Backbone> works for them.
+NO_PER_EXAMPLE_LOSS = {
+    "BERT4Rec": "its masked-item loss averages over several masked positions per sequence, "
+    "so no loss belongs to one target item",
+}
+# RecBole model types whose items are rows of an item table the LLM layer can replace.
+LLM_MODEL_TYPES = (ModelType.GENERAL, ModelType.SEQUENTIAL)
+
+
+def supported_backbones(family=None):
+    """The tested backbones usable with ``family`` (all of them for ``LLM``)."""
+    if family in GROUP_FAIR_FAMILIES:
+        return [b for b in TESTED_BACKBONES if b not in NO_PER_EXAMPLE_LOSS]
+    return list(TESTED_BACKBONES)
+
+
+def check_backbone(family, backbone):
+    """One clear error for backbones the family cannot use: models that are not general or
+    sequential recommenders (context-aware, knowledge-aware, ...) and, for the group-aware
+    families, backbones without per-example losses."""
+    name = backbone.__name__
+    if getattr(backbone, "type", None) not in LLM_MODEL_TYPES:
+        kind = getattr(getattr(backbone, "type", None), "name", "unknown").lower()
+        raise BiFairInputError(
+            f"{family}{name}: {name} is a {kind} model; the LLM item-embedding layer replaces the "
+            "item table of general and sequential recommenders only. Backbones that take it: "
+            f"{', '.join(supported_backbones(family))}."
+        )
+    if family in GROUP_FAIR_FAMILIES and name in NO_PER_EXAMPLE_LOSS:
+        raise BiFairInputError(
+            f"{family}{name}: {NO_PER_EXAMPLE_LOSS[name]}, so {family} cannot weight item groups. "
+            f"Use LLM{name}, or one of {', '.join(supported_backbones(family))}."
+        )
 
 
 def split_family_name(model_name):
@@ -41,7 +83,8 @@ def item_table_names(model, config):
             raise BiFairInputError(
                 f"{type(model).__name__}: backbone has no item table '{name}' (an nn.Embedding) "
                 "to replace with the LLM layer; set llm_item_tables to the names of its item "
-                "embedding attributes, or use a backbone listed in the README."
+                "embedding attributes (in properties/model/<Family><Backbone>.yaml or your config), "
+                f"or use one of the backbones that take it: {', '.join(TESTED_BACKBONES)}."
             )
     return names
 
@@ -98,6 +141,7 @@ class LLMEnhancedMixin:
 @functools.lru_cache(maxsize=None)
 def build_llm_model(family, backbone):
     """The class ``<family><Backbone>`` built from RecBole model class ``backbone``."""
+    check_backbone(family, backbone)
 
     def __init__(self, config, dataset):
         backbone.__init__(self, config, dataset)

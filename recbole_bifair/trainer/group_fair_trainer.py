@@ -1,8 +1,8 @@
 """``GroupFairTrainer``: RecBole's trainer with a group-aware training loss. It is BiFair's
 inner level, and on its own it trains the fairness baselines:
 
-- ``IPS<Backbone>``: inverse-propensity weights, by item group (``balancer: inverse_frequency``)
-  or by item (``inner_weighting: item_ips``, ``w_i`` proportional to ``count_i ** -ips_power``);
+- ``IPS<Backbone>``: inverse-propensity weights, by item (``inner_weighting: item_ips``, ``w_i``
+  proportional to ``count_i ** -ips_power``) or by item group (``balancer: inverse_frequency``);
 - ``GroupDRO<Backbone>``: GroupDRO's adaptive group weights (``balancer: dro``);
 - ``VarReg<Backbone>``: the mean loss plus ``loss_spread_weight`` times the variance of the
   group losses.
