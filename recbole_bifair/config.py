@@ -17,7 +17,8 @@ class Config(RecBoleConfig):
     Internal configuration, lowest priority first: RecBole's ``overall.yaml``, the backbone's
     ``<Backbone>.yaml``, RecBole's dataset and quick-start YAMLs, then the plugin's
     ``overall.yaml``, ``dataset/<dataset>.yaml``, ``model/GroupFair.yaml`` (group-aware
-    families), ``model/<Family>.yaml`` and ``model/<Model>.yaml``. Config files,
+    families), ``model/<Family>.yaml``, ``model/<Backbone>.yaml`` (the backbone's LLM settings,
+    e.g. ``llm_item_tables``, shared by all families) and ``model/<Model>.yaml``. Config files,
     ``config_dict`` and ``--key=value`` override all of them, as in RecBole.
     """
 
@@ -81,6 +82,8 @@ def plugin_yaml_files(model, family, dataset):
     if family in GROUP_FAIR_FAMILIES:
         candidates.append(os.path.join(root, "model", "GroupFair.yaml"))
     if family is not None:
+        _, backbone = split_family_name(model)
         candidates.append(os.path.join(root, "model", family + ".yaml"))
+        candidates.append(os.path.join(root, "model", backbone + ".yaml"))
     candidates.append(os.path.join(root, "model", model + ".yaml"))
     return [path for path in candidates if os.path.isfile(path)]

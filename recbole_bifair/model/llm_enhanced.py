@@ -1,5 +1,6 @@
-"""``LLM<Backbone>`` and ``BiFair<Backbone>``: any RecBole model with its item table replaced by
-the LLM item-embedding layer (``recbole_bifair.llm.layer.LLMItemEmbedding``).
+"""``LLM<Backbone>`` and ``BiFair<Backbone>``: any general or sequential RecBole model with its
+item table replaced by the LLM item-embedding layer
+(``recbole_bifair.llm.layer.LLMItemEmbedding``).
 
 One generic mechanism builds every such class from RecBole's model: the backbone is built as
 usual (including its own ``self.apply(init)``), then its item table is swapped for the layer,
@@ -59,8 +60,9 @@ def check_backbone(family, backbone):
         )
     if family in GROUP_FAIR_FAMILIES and name in NO_PER_EXAMPLE_LOSS:
         raise BiFairInputError(
-            f"{family}{name}: {NO_PER_EXAMPLE_LOSS[name]}, so {family} cannot weight item groups. "
-            f"Use LLM{name}, or one of {', '.join(supported_backbones(family))}."
+            f"{family}{name}: {NO_PER_EXAMPLE_LOSS[name]}; {family} weights each example by its "
+            f"target item's group, so it cannot train {name}. Use LLM{name}, or {family} with one of "
+            f"{', '.join(supported_backbones(family))}."
         )
 
 

@@ -91,7 +91,7 @@ def outer_hypergradient(objective, theta, llm, llm_init, train_batch, meta_batch
     lookahead_random_state = _random_state()
 
     inner = objective.inner_loss(theta, llm, train_batch)
-    inner_grads = torch.autograd.grad(inner, theta, create_graph=exact)
+    inner_grads = _grad(inner, theta, create_graph=exact)
     theta_prime = [t - xi * g for t, g in zip(theta, inner_grads)]
     if not exact:
         theta_prime = [t.detach().requires_grad_() for t in theta_prime]
@@ -107,12 +107,12 @@ def outer_hypergradient(objective, theta, llm, llm_init, train_batch, meta_batch
     objective_value = weighted_group_loss(meta_losses, meta_counts, lambdas) + proximity(llm, llm_init, beta)
 
     if mode == "finite_difference":
-        direct = torch.autograd.grad(objective_value, llm + theta_prime)
+        direct = _grad(objective_value, llm + theta_prime)
         direct_llm, v = direct[: len(llm)], direct[len(llm):]
         hvp = finite_difference_mixed_hvp(objective, theta, llm, train_batch, v, lookahead_random_state)
         grads = [d - xi * h for d, h in zip(direct_llm, hvp)]
     else:
-        grads = torch.autograd.grad(objective_value, llm)
+        grads = _grad(objective_value, llm)
     return [g.detach() for g in grads], objective_value.detach()
 
 
@@ -123,7 +123,7 @@ def group_gradients_over(group_losses, counts, params):
     rows = []
     for g in range(len(group_losses)):
         if counts[g] > 0:
-            grads = torch.autograd.grad(group_losses[g], params, retain_graph=True)
+            grads = _grad(group_losses[g], params, retain_graph=True)
             rows.append(torch.cat([x.flatten() for x in grads]))
         else:
             rows.append(group_losses.new_zeros(size))
@@ -142,11 +142,19 @@ def finite_difference_mixed_hvp(objective, theta, llm, batch, v, random_state):
         _set_random_state(random_state)
         shifted = [(t + sign * eps * d).detach() for t, d in zip(theta, v)]
         loss = objective.inner_loss(shifted, llm, batch)
-        return torch.autograd.grad(loss, llm)
+        return _grad(loss, llm)
 
     plus, minus = grad_llm_at(1.0), grad_llm_at(-1.0)
     _set_random_state(after)
     return [(p - m) / (2 * eps) for p, m in zip(plus, minus)]
+
+
+def _grad(output, inputs, **kwargs):
+    """``torch.autograd.grad`` with zeros for inputs the output does not depend on: a backbone
+    need not use every parameter in its loss (BPR scores items through ``item_embedding(ids)``
+    only, so the layer's empty extra rows never enter the graph)."""
+    grads = torch.autograd.grad(output, inputs, allow_unused=True, **kwargs)
+    return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)]
 
 
 def _random_state():

@@ -48,7 +48,11 @@ def unreduced_losses(model):
 
 
 def per_example_loss(model, interaction):
-    """``[B]`` losses of ``model`` on ``interaction``, one per training example."""
+    """``[B]`` losses of ``model`` on ``interaction``, one per training row (its group is the
+    group of the row's ``ITEM_ID``: a sequence's target, a pairwise triple's positive item, a
+    pointwise row's own item). A scalar regulariser the backbone adds to its loss (LightGCN,
+    Caser, NextItNet) broadcasts onto every example in full, so the mean of the returned losses
+    is the backbone's own loss."""
     with unreduced_losses(model):
         losses = model.calculate_loss(interaction)
     if isinstance(losses, tuple):
