@@ -199,3 +199,11 @@ def test_yaml_syntax_and_report_k_errors(tmp_path):
             benchmark.spec_from_dict({**spec, "report_k": report_k})
     assert benchmark.spec_from_dict(spec).report_k == 10
     assert benchmark.spec_from_dict({**spec, "report_k": "5"}).report_k == 5
+
+
+def test_spec_base_shares_settings_of_another_spec():
+    main = benchmark.load_spec(os.path.join(REPO_ROOT, "benchmarks", "ml-100k.yaml"))
+    for name in ["ml-100k-ablations.yaml", "ml-100k-backbones.yaml"]:
+        spec = benchmark.load_spec(os.path.join(REPO_ROOT, "benchmarks", name))
+        assert spec.shared == main.shared and spec.seeds == main.seeds and spec.datasets == main.datasets
+        assert spec.name != main.name and [m.name for m in spec.models] != [m.name for m in main.models]
