@@ -4,6 +4,7 @@
     python run_recbole_bifair.py --model=SASRec --dataset=ml-100k --config_files=my.yaml --epochs=20
     python run_recbole_bifair.py --prepare=ml-1m --raw=ml-1m.zip
     python run_recbole_bifair.py --benchmark=benchmarks/ml-100k.yaml
+    python run_recbole_bifair.py --model=BiFairSASRec --nproc=2          # 2 processes (DDP)
 """
 import argparse
 import os
@@ -20,6 +21,12 @@ def parse_args(argv):
     parser.add_argument("--config_files", default=None, help="space-separated YAML config files")
     parser.add_argument("--prepare", default=None, help="prepare a dataset's atomic files and exit (e.g. ml-1m)")
     parser.add_argument("--benchmark", default=None, help="run a benchmark spec (YAML), e.g. benchmarks/ml-100k.yaml")
+    # multi-process training, RecBole's launcher arguments
+    parser.add_argument("--nproc", type=int, default=1, help="processes on this machine (default: 1)")
+    parser.add_argument("--world_size", type=int, default=-1, help="processes on all machines (default: nproc)")
+    parser.add_argument("--ip", default="localhost", help="address of the machine running rank 0")
+    parser.add_argument("--port", default="5678", help="free port on the machine running rank 0")
+    parser.add_argument("--group_offset", type=int, default=0, help="processes on the machines before this one")
     args, _ = parser.parse_known_args(argv)
     return args
 
@@ -38,13 +45,16 @@ def main(argv=None):
             from recbole_bifair.data import prepare_main
 
             return prepare_main(argv)
-        from recbole_bifair.quick_start import run_recbole_bifair
+        from recbole_bifair.quick_start import run
 
         config_files = args.config_files.split() if args.config_files else None
         missing = [path for path in config_files or [] if not os.path.isfile(path)]
         if missing:
             raise BiFairInputError(f"config file(s) not found: {', '.join(missing)}; check --config_files.")
-        run_recbole_bifair(model=args.model, dataset=args.dataset, config_file_list=config_files)
+        if args.nproc < 1:
+            raise BiFairInputError(f"--nproc must be at least 1, got {args.nproc}.")
+        run(args.model, args.dataset, config_files, nproc=args.nproc, world_size=args.world_size,
+            ip=args.ip, port=args.port, group_offset=args.group_offset)
     except BiFairInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

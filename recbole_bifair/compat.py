@@ -5,6 +5,7 @@ is called when ``recbole_bifair`` is imported. Every fix has its own test in
 ``tests/test_compat.py``. The other known breakages (numpy 2, pandas 3, scipy >= 1.13,
 ray's setuptools) are avoided by the pins in ``setup.cfg`` rather than patched.
 """
+import functools
 import types
 
 import torch
@@ -80,6 +81,66 @@ def default_no_negative_sampling_for_ce(final_config, external_config):
     return final_config
 
 
+def fix_ddp_on_cpu():
+    """``AbstractTrainer.__init__`` wraps the model in DDP with ``device_ids=[local_rank]``,
+    which DDP refuses for a model on the CPU; and every rank names its checkpoint after its own
+    clock, so a rank can look for a best model that rank 0 saved under another name. CPU models
+    get ``device_ids=None``, and every rank takes rank 0's checkpoint name."""
+    from recbole.trainer.trainer import AbstractTrainer, Trainer
+    from torch.nn.parallel import DistributedDataParallel
+
+    from recbole_bifair.distributed import broadcast_from_rank0
+
+    def abstract_trainer_init(self, config, model):
+        self.config = config
+        self.model = model
+        if not config["single_spec"]:
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            device_ids = [config["local_rank"]] if config["device"].type == "cuda" else None
+            self.distributed_model = DistributedDataParallel(self.model, device_ids=device_ids)
+
+    trainer_init = Trainer.__init__
+
+    @functools.wraps(trainer_init)
+    def init_with_rank0_checkpoint_name(self, config, model):
+        trainer_init(self, config, model)
+        self.saved_model_file = broadcast_from_rank0(self.saved_model_file)
+
+    AbstractTrainer.__init__ = abstract_trainer_init
+    Trainer.__init__ = init_with_rank0_checkpoint_name
+
+
+def fix_distributed_evaluation():
+    """Under DDP RecBole evaluates each rank's share of the rows and averages the ranks' metric
+    values, weighted by their row counts (``Trainer._map_reduce``). That is wrong for every
+    metric that is not a mean over rows (the fairness metrics' gaps and worst groups, Gini
+    index, item coverage), and it counts the rows ``DistributedSampler`` repeats to even out
+    the shares. Instead ``FairnessCollector`` gathers the rows of all ranks, minus the repeats,
+    and every rank computes the metrics once over the whole split, which ``_map_reduce`` then
+    passes through. Ranks also wait for each other before loading the best checkpoint, which
+    only rank 0 writes."""
+    import torch.distributed as dist
+    from recbole.trainer.trainer import Trainer
+
+    from recbole_bifair.distributed import is_distributed, padding_rows
+
+    evaluate = Trainer.evaluate
+
+    @functools.wraps(evaluate)
+    def evaluate_over_all_ranks(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        if is_distributed():
+            if load_best_model:
+                dist.barrier()
+            self.eval_collector.distributed_padding = padding_rows(eval_data)
+        return evaluate(self, eval_data, load_best_model, model_file, show_progress)
+
+    def metrics_already_over_all_ranks(self, result, num_sample):
+        return result
+
+    Trainer.evaluate = evaluate_over_all_ranks
+    Trainer._map_reduce = metrics_already_over_all_ranks
+
+
 def apply_all():
     """Apply every fix once (idempotent)."""
     global _applied
@@ -87,4 +148,6 @@ def apply_all():
         return
     fix_collector_moves_only_tensors()
     fix_checkpoint_loading_weights_only()
+    fix_ddp_on_cpu()
+    fix_distributed_evaluation()
     _applied = True

@@ -39,6 +39,20 @@ class Config(RecBoleConfig):
         final_config = super()._get_final_config_dict()
         return compat.default_no_negative_sampling_for_ce(final_config, self.external_config_dict)
 
+    def _init_device(self):
+        """RecBole's device set-up, except that multi-process runs may use ``gloo`` on CPUs
+        (``ddp_backend``); RecBole's own path always starts ``nccl`` on CUDA."""
+        import torch
+
+        from recbole_bifair.distributed import choose_backend, init_cpu_process_group
+
+        distributed = "local_rank" in self.final_config_dict
+        if distributed and choose_backend(self.final_config_dict["ddp_backend"], torch.cuda.is_available()) == "gloo":
+            self.final_config_dict["gpu_id"] = str(self.final_config_dict["gpu_id"])
+            init_cpu_process_group(self.final_config_dict)
+        else:
+            super()._init_device()
+
     def _set_default_parameters(self):
         super()._set_default_parameters()
         check_valid_metric(self.final_config_dict)

@@ -11,6 +11,7 @@ from recbole.data.transform import construct_transform
 from recbole.utils import get_environment, get_flops, init_logger, init_seed, set_color
 
 from recbole_bifair.config import Config
+from recbole_bifair.errors import BiFairInputError
 from recbole_bifair.model.llm_enhanced import GROUP_FAIR_FAMILIES, split_family_name
 from recbole_bifair.utils import get_model, get_trainer
 
@@ -40,10 +41,51 @@ def uses_item_groups(config):
     return group_aware or any(metric.lower() in fairness for metric in config["metrics"])
 
 
-def run_recbole_bifair(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True):
+def run(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True,
+        nproc=1, world_size=-1, ip="localhost", port="5678", group_offset=0):
+    """RecBole's ``run``: one process, or ``nproc`` processes on this machine joining a group
+    of ``world_size`` (several machines: the same ``ip``/``port`` of rank 0's machine, and
+    ``group_offset`` = the number of processes on the machines before this one). Returns
+    rank 0's result dict on the machine that runs rank 0."""
+    if nproc == 1 and world_size <= 0:
+        return run_recbole_bifair(model, dataset, config_file_list, config_dict, saved)
+    import torch.multiprocessing as mp
+
+    queue = mp.get_context("spawn").SimpleQueue()
+    config_dict = dict(config_dict or {})
+    config_dict.update(
+        {"world_size": nproc if world_size <= 0 else world_size, "ip": ip, "port": str(port),
+         "nproc": nproc, "offset": group_offset}
+    )
+    try:
+        mp.spawn(_run_rank, args=(model, dataset, config_file_list, config_dict, saved, queue), nprocs=nproc, join=True)
+    except mp.ProcessExitedException as failure:
+        if failure.exit_code == BAD_INPUT_EXIT_CODE:
+            raise BiFairInputError(f"process {failure.error_index} stopped on the error printed above.") from None
+        raise
+    return None if queue.empty() else queue.get()
+
+
+BAD_INPUT_EXIT_CODE = 2
+
+
+def _run_rank(local_rank, model, dataset, config_file_list, config_dict, saved, queue):
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    config_dict = {**config_dict, "local_rank": local_rank}
+    try:
+        run_recbole_bifair(model, dataset, config_file_list, config_dict, saved, queue)
+    except BiFairInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(BAD_INPUT_EXIT_CODE)
+
+
+def run_recbole_bifair(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True, queue=None):
     """Train and test ``model`` on ``dataset``; returns RecBole's result dict
     (``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``, ``test_result``)
-    plus ``train_epoch_seconds`` (mean wall time of a training epoch) and ``epochs``."""
+    plus ``train_epoch_seconds`` (mean wall time of a training epoch) and ``epochs``.
+    In a multi-process run (``run``), rank 0 also puts it on ``queue``."""
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
@@ -66,7 +108,7 @@ def run_recbole_bifair(model=None, dataset=None, config_file_list=None, config_d
     logger.info("The running environment of this training is as follows:\n" + get_environment(config).draw())
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
     logger.info(set_color("test result", "yellow") + f": {test_result}")
-    return {
+    result = {
         "best_valid_score": best_valid_score,
         "valid_score_bigger": config["valid_metric_bigger"],
         "best_valid_result": best_valid_result,
@@ -74,6 +116,11 @@ def run_recbole_bifair(model=None, dataset=None, config_file_list=None, config_d
         "train_epoch_seconds": sum(epoch_seconds) / max(len(epoch_seconds), 1),
         "epochs": len(epoch_seconds),
     }
+    if not config["single_spec"]:
+        torch.distributed.destroy_process_group()
+        if config["local_rank"] == 0 and queue is not None:
+            queue.put(result)
+    return result
 
 
 def time_training_epochs(trainer):
@@ -115,9 +162,13 @@ def objective_function(config_dict=None, config_file_list=None, saved=True):
 
 def load_data_and_model(model_file):
     """Config, model (with the checkpoint's weights), dataset and splits from a checkpoint
-    written by a plugin run (RecBole's function, resolving the plugin's models)."""
+    written by a plugin run (RecBole's function, resolving the plugin's models), for one
+    process also when the run had several."""
     checkpoint = torch.load(model_file, map_location="cpu", weights_only=False)
     config = checkpoint["config"]
+    config["single_spec"] = True  # a checkpoint of a multi-process run is loaded into one process
+    config["local_rank"] = 0
+    config.compatibility_settings()  # RecBole's numpy aliases, which a fresh process lacks
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     dataset = create_dataset(config)

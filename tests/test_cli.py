@@ -39,3 +39,14 @@ def test_bad_input_is_one_line_without_traceback(tmp_path):
     missing = run_cli(["--model=SASRec", "--dataset=nosuch", f"--data_path={TEST_DATA}"], tmp_path)
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert "nosuch.inter" in missing.stderr
+
+
+def test_bad_multi_process_settings_are_one_line_errors(tmp_path):
+    out = run_cli(["--model=SASRec", "--nproc=0"], tmp_path)
+    assert out.returncode == 2 and out.stderr.strip() == "error: --nproc must be at least 1, got 0."
+    config = tiny_config(tmp_path)
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+    out = run_cli(["--model=SASRec", "--dataset=tiny", "--config_files=tiny.yaml", "--nproc=2", "--ddp_backend=nccl"], tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "error: ddp_backend 'nccl' needs CUDA GPUs" in out.stderr
+    assert out.stderr.strip().endswith("stopped on the error printed above.")

@@ -62,3 +62,29 @@ def test_plain_sasrec_config_builds_through_the_plugin():
 
     config = Config(model="SASRec", dataset="ml-100k", config_dict={"state": "WARNING"})
     assert config["train_neg_sample_args"]["distribution"] == "none"
+
+
+def test_ddp_on_cpu_and_evaluation_over_all_ranks(tiny):
+    """A one-process gloo group takes RecBole's distributed path: DDP wraps the CPU model
+    (fix_ddp_on_cpu), training syncs through it, and the metrics pass ``_map_reduce``
+    unchanged (fix_distributed_evaluation)."""
+    import socket
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = str(s.getsockname()[1])
+    settings = dict(local_rank=0, world_size=1, nproc=1, ip="localhost", port=port, offset=0)
+    try:
+        config, train_data, valid_data, _, _, trainer = tiny("SASRec", **settings)
+        assert dist.get_backend() == "gloo" and not config["single_spec"]
+        assert isinstance(trainer.distributed_model, DistributedDataParallel)
+        assert trainer.distributed_model.device_ids is None
+        _, valid_result = trainer.fit(train_data, valid_data, saved=False)
+        assert trainer._map_reduce(valid_result, 7) is valid_result
+        assert 0 <= valid_result["ndcg@10"] <= 1
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -12,18 +12,24 @@ evaluated batch (full ranking or sampled, one or several positives per row), add
 
 With a ``rerank`` block in the config, each batch's scores are first re-ranked
 (``rerank.py``), so that every metric, RecBole's included, sees the re-ranked lists.
+
+In a multi-process run every rank collects its share of the rows; ``get_data_struct`` gathers
+the rows of all ranks (without ``DistributedSampler``'s repeated ones, counted for it in
+``distributed_padding``), so each metric is computed once over the whole split.
 """
 import logging
 
 import torch
 from recbole.evaluator.collector import Collector
 
+from recbole_bifair import distributed
 from recbole_bifair.evaluator.groups import build_item_groups
 from recbole_bifair.evaluator.metrics import (
     FAIRNESS_NEEDS, GROUP_HITS, GROUP_POS, GROUP_TOPK, GROUP_TRAIN_SHARE)
 from recbole_bifair.evaluator.rerank import build_reranker
 
 PER_EVALUATION_KEYS = (GROUP_TOPK, GROUP_HITS, GROUP_POS)
+ROW_KEYS = ("rec.topk", "rec.meanrank", "rec.score", "rec.items", "data.label") + PER_EVALUATION_KEYS
 
 
 class FairnessCollector(Collector):
@@ -36,6 +42,7 @@ class FairnessCollector(Collector):
         self._item_group_on_device = None
         self._logged_evaluations = set()
         self.reranker = build_reranker(config)  # post-processing re-ranker (rerank.py); None = off
+        self.distributed_padding = 0
 
     def data_collect(self, train_data):
         super().data_collect(train_data)
@@ -71,6 +78,8 @@ class FairnessCollector(Collector):
         self.data_struct.update_tensor(GROUP_POS, group_pos)
 
     def get_data_struct(self):
+        if distributed.is_distributed():
+            self._gather_rows_of_all_ranks()
         if self.fairness_needed and GROUP_POS in self.data_struct:
             self._log_evaluation_positives(self.data_struct[GROUP_POS].sum(dim=0).cpu())
         returned = super().get_data_struct()
@@ -78,6 +87,13 @@ class FairnessCollector(Collector):
             if key in self.data_struct:
                 del self.data_struct[key]
         return returned
+
+    def _gather_rows_of_all_ranks(self):
+        padding, self.distributed_padding = self.distributed_padding, 0
+        for key in ROW_KEYS:
+            if key in self.data_struct:
+                rows = self.data_struct[key]
+                self.data_struct.set(key, distributed.gather_rows(rows[: len(rows) - padding]))
 
     def _item_group_for(self, device):
         if self.item_groups is None:

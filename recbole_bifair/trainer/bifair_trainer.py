@@ -8,9 +8,12 @@ Each training batch ``B_t``:
 2. inner step: ``theta <- theta - lr_in * grad_theta sum_g w_g L_g(E, theta; B_t)`` with the
    inner balancer's weights ``w`` (``inner_weighting: none`` is the ablation without them).
 ``E`` (the LLM tables) moves only in step 1, ``theta`` (projector + backbone) only in step 2.
+Under DDP the hypergradient of ``E`` is averaged across ranks like ``theta``'s gradient, so
+every rank holds the same ``E``.
 """
 from torch.nn.utils import clip_grad_norm_
 
+from recbole_bifair import distributed
 from recbole_bifair.config_values import choice, number, positive_int
 from recbole_bifair.errors import BiFairInputError
 from recbole_bifair.trainer.bilevel import HYPERGRADIENT_MODES, LookAheadObjective, outer_hypergradient
@@ -83,6 +86,7 @@ class BiFairTrainer(GroupFairTrainer):
         self.outer_optimizer.zero_grad()
         for (_, param), grad in zip(self._llm_named, grads):
             param.grad = grad
+        distributed.average_gradients([p for _, p in self._llm_named])
         if self.clip_grad_norm:
             clip_grad_norm_(self.model.llm_parameters(), **self.clip_grad_norm)
         self.outer_optimizer.step()

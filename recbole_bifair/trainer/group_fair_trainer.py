@@ -7,6 +7,9 @@ inner level, and on its own it trains the fairness baselines:
 - ``VarReg<Backbone>``: the mean loss plus ``loss_spread_weight`` times the variance of the
   group losses.
 
+Under DDP each rank takes its gradients on its own batch and the ranks average them; the
+balancers see the group statistics of all ranks (``distributed``).
+
 Per batch: ``loss = sum_g w_g L_g / sum_g w_g`` (``inner_weighting: group``, weights from the
 balancer), or the IPS-weighted or plain mean of the per-example losses, plus
 ``loss_spread_weight * Var_g(L_g)`` over the groups present in the batch.
@@ -20,6 +23,7 @@ from recbole.utils import get_gpu_usage, set_color
 from torch.nn.utils import clip_grad_norm_
 from tqdm import tqdm
 
+from recbole_bifair import distributed
 from recbole_bifair.config_values import choice, number
 from recbole_bifair.errors import BiFairInputError
 from recbole_bifair.evaluator.groups import training_item_counts
@@ -76,7 +80,8 @@ class GroupFairTrainer(Trainer):
         self._item_ips = counts.clamp(min=1).pow(-self.ips_power).float().to(self.device)
 
     def _build_balancer(self, strategy):
-        return build_balancer(strategy, self.config, self.item_groups.n_groups, self.item_groups.train_share)
+        balancer = build_balancer(strategy, self.config, self.item_groups.n_groups, self.item_groups.train_share)
+        return distributed.SyncedBalancer(balancer) if distributed.is_distributed() else balancer
 
     def _mgda_shared_parameters(self):
         """The parameters whose group gradients MGDA compares: the projector's last layer
@@ -91,6 +96,8 @@ class GroupFairTrainer(Trainer):
             if show_progress
             else train_data
         )
+        if distributed.is_distributed() and train_data.shuffle:
+            train_data.sampler.set_epoch(epoch_idx)
         total_loss, previous = 0.0, None
         for step, interaction in enumerate(batches):
             interaction = interaction.to(self.device)
@@ -119,6 +126,7 @@ class GroupFairTrainer(Trainer):
         finally:
             for p, flag in zip(llm_params, trainable):
                 p.requires_grad_(flag)
+        distributed.average_gradients(self.model.inner_parameters())
         if self.clip_grad_norm:
             clip_grad_norm_(self.model.inner_parameters(), **self.clip_grad_norm)
         self.optimizer.step()
