@@ -82,32 +82,43 @@ def default_no_negative_sampling_for_ce(final_config, external_config):
 
 
 def fix_ddp_on_cpu():
-    """``AbstractTrainer.__init__`` wraps the model in DDP with ``device_ids=[local_rank]``,
-    which DDP refuses for a model on the CPU; and every rank names its checkpoint after its own
-    clock, so a rank can look for a best model that rank 0 saved under another name. CPU models
-    get ``device_ids=None``, and every rank takes rank 0's checkpoint name."""
+    """Under DDP, ``AbstractTrainer.__init__`` converts BatchNorm layers to SyncBatchNorm, which
+    runs on GPUs only, and passes ``device_ids=[local_rank]``, which DDP refuses for a model on
+    the CPU; every rank names its checkpoint after its own clock, so a rank can look for a best
+    model that rank 0 saved under another name; and each machine's local rank 0 saves, so on
+    several machines more than one process writes the checkpoint. On the CPU the model keeps its
+    BatchNorm and gets ``device_ids=None``; every rank takes rank 0's checkpoint name, and only
+    the global rank 0 writes it."""
     from recbole.trainer.trainer import AbstractTrainer, Trainer
     from torch.nn.parallel import DistributedDataParallel
 
-    from recbole_bifair.distributed import broadcast_from_rank0
+    from recbole_bifair.distributed import broadcast_from_rank0, is_main_process
 
     def abstract_trainer_init(self, config, model):
         self.config = config
         self.model = model
         if not config["single_spec"]:
-            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            device_ids = [config["local_rank"]] if config["device"].type == "cuda" else None
-            self.distributed_model = DistributedDataParallel(self.model, device_ids=device_ids)
+            on_gpu = config["device"].type == "cuda"
+            if on_gpu:
+                self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            self.distributed_model = DistributedDataParallel(self.model, device_ids=[config["local_rank"]] if on_gpu else None)
 
     trainer_init = Trainer.__init__
+    save_checkpoint = Trainer._save_checkpoint
 
     @functools.wraps(trainer_init)
     def init_with_rank0_checkpoint_name(self, config, model):
         trainer_init(self, config, model)
         self.saved_model_file = broadcast_from_rank0(self.saved_model_file)
 
+    @functools.wraps(save_checkpoint)
+    def save_on_rank0_only(self, epoch, verbose=True, **kwargs):
+        if is_main_process():
+            save_checkpoint(self, epoch, verbose, **kwargs)
+
     AbstractTrainer.__init__ = abstract_trainer_init
     Trainer.__init__ = init_with_rank0_checkpoint_name
+    Trainer._save_checkpoint = save_on_rank0_only
 
 
 def fix_distributed_evaluation():

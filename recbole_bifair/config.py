@@ -40,18 +40,30 @@ class Config(RecBoleConfig):
         return compat.default_no_negative_sampling_for_ce(final_config, self.external_config_dict)
 
     def _init_device(self):
-        """RecBole's device set-up, except that multi-process runs may use ``gloo`` on CPUs
-        (``ddp_backend``); RecBole's own path always starts ``nccl`` on CUDA."""
+        """RecBole's device set-up, except that a multi-process run may use ``gloo`` on CPUs
+        (``ddp_backend``; RecBole's own path always starts ``nccl`` on CUDA), and that too few
+        GPUs for ``nproc`` is a clear error. ``CUDA_VISIBLE_DEVICES`` is set from ``gpu_id``
+        before CUDA is first asked about, so the processes use the GPUs named there."""
+        config = self.final_config_dict
+        if "local_rank" not in config:
+            return super()._init_device()
         import torch
 
         from recbole_bifair.distributed import choose_backend, init_cpu_process_group
 
-        distributed = "local_rank" in self.final_config_dict
-        if distributed and choose_backend(self.final_config_dict["ddp_backend"], torch.cuda.is_available()) == "gloo":
-            self.final_config_dict["gpu_id"] = str(self.final_config_dict["gpu_id"])
-            init_cpu_process_group(self.final_config_dict)
-        else:
-            super()._init_device()
+        gpu_id = config["gpu_id"]
+        gpu_id = ",".join(map(str, gpu_id)) if isinstance(gpu_id, (tuple, list)) else str(gpu_id)
+        config["gpu_id"] = gpu_id
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu_id
+        if choose_backend(config["ddp_backend"], bool(gpu_id) and torch.cuda.is_available()) == "gloo":
+            init_cpu_process_group(config)
+            return None
+        if len(gpu_id.split(",")) < config["nproc"]:
+            raise BiFairInputError(
+                f"{config['nproc']} processes on GPUs need {config['nproc']} GPUs in gpu_id, got '{gpu_id}': "
+                f"e.g. --gpu_id={','.join(map(str, range(config['nproc'])))}, or ddp_backend: gloo to run on CPUs."
+            )
+        return super()._init_device()
 
     def _set_default_parameters(self):
         super()._set_default_parameters()

@@ -15,6 +15,8 @@ What the plugin adds to RecBole's DDP path (used by ``config``, ``compat`` and t
 
 Every helper is a no-op in a single process.
 """
+import contextlib
+
 import torch
 import torch.distributed as dist
 
@@ -25,8 +27,36 @@ def is_distributed():
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def is_main_process():
+    """Rank 0 of the whole group (or the only process): the one that writes files."""
+    return not is_distributed() or dist.get_rank() == 0
+
+
+def check_finite_on_all_ranks(loss):
+    """Whether ``loss`` is finite on every rank: a rank that stopped alone would leave the
+    others waiting in their next collective call."""
+    if not is_distributed():
+        return bool(torch.isfinite(loss))
+    finite = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
+    dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    return bool(finite.item())
+
+
+@contextlib.contextmanager
+def local_rank0_first(config):
+    """Local rank 0 runs the block first (preparing datasets, encoding item texts into the
+    cache); the other ranks run it after, finding the files made."""
+    distributed = not config["single_spec"]
+    if distributed and config["local_rank"] != 0:
+        dist.barrier()
+    yield
+    if distributed and config["local_rank"] == 0:
+        dist.barrier()
+
+
 def choose_backend(requested, cuda_available):
-    """``nccl`` on GPUs, ``gloo`` on the CPU (``auto``), or what the user asked for."""
+    """``nccl`` on GPUs, ``gloo`` on the CPU (``auto``), or what the user asked for;
+    ``cuda_available``: CUDA is visible and ``gpu_id`` names GPUs."""
     from recbole_bifair.errors import BiFairInputError
 
     if requested not in BACKENDS:

@@ -91,13 +91,20 @@ def _parse_line(line, where):
     return SearchParameter(name, kind, tuple(values))
 
 
+def _integer_steps(p):
+    """A ``quniform`` over whole numbers (e.g. ``outer_every``) draws ints, not ``4.0``."""
+    return p.kind == "quniform" and all(float(v).is_integer() for v in p.values)
+
+
 def hyperopt_space(params):
     from hyperopt import hp
+    from hyperopt.pyll import scope
 
     build = {
         "choice": lambda p: hp.choice(p.name, list(p.values)),
         "uniform": lambda p: hp.uniform(p.name, *p.values),
-        "quniform": lambda p: hp.quniform(p.name, *p.values),
+        "quniform": lambda p: (scope.int(hp.quniform(p.name, *p.values)) if _integer_steps(p)
+                               else hp.quniform(p.name, *p.values)),
         "loguniform": lambda p: hp.loguniform(p.name, *p.values),
     }
     return {p.name: build[p.kind](p) for p in params}
@@ -109,7 +116,7 @@ def ray_space(params):
     build = {
         "choice": lambda p: tune.choice(list(p.values)),
         "uniform": lambda p: tune.uniform(*p.values),
-        "quniform": lambda p: tune.quniform(*p.values),
+        "quniform": lambda p: (tune.qrandint(*map(int, p.values)) if _integer_steps(p) else tune.quniform(*p.values)),
         "loguniform": lambda p: tune.loguniform(math.exp(p.values[0]), math.exp(p.values[1])),
     }
     return {p.name: build[p.kind](p) for p in params}
@@ -132,11 +139,15 @@ def search_with_hyperopt(params, fixed_config, config_files, algo="random", max_
     trials = []
 
     def objective(config_dict, config_file_list):
-        trial = run_trial(config_dict, fixed_config, config_file_list)
+        try:
+            trial = run_trial(config_dict, fixed_config, config_file_list)
+        except Exception as error:  # a failed trial is reported; the sweep goes on
+            trial = Trial(dict(config_dict), error=f"{type(error).__name__}: {error}")
         trials.append(trial)
-        return {"model": fixed_config.get("model"), "best_valid_score": trial.objective,
-                "valid_score_bigger": trial.objective_bigger, "best_valid_result": trial.valid,
-                "test_result": trial.test}
+        bigger = trial.objective_bigger
+        score = trial.objective if not trial.error else (-math.inf if bigger else math.inf)
+        return {"model": fixed_config.get("model"), "best_valid_score": score, "valid_score_bigger": bigger,
+                "best_valid_result": trial.valid, "test_result": trial.test}
 
     tuner = HyperTuning(objective, space=hyperopt_space(params), fixed_config_file_list=config_files,
                         algo=algo, max_evals=max_evals, early_stop=max_evals)
@@ -178,8 +189,6 @@ def search_with_ray(params, fixed_config, config_files, max_evals=10, cpus_per_t
     import ray
     from ray import tune
 
-    config_files = [os.path.abspath(path) for path in config_files or []]
-    fixed_config = {**fixed_config, **_absolute_data_path(fixed_config)}
     ray.init(local_mode=local_mode, include_dashboard=False, log_to_driver=False,
              configure_logging=False, ignore_reinit_error=True)
     try:
@@ -189,6 +198,7 @@ def search_with_ray(params, fixed_config, config_files, max_evals=10, cpus_per_t
                     FIXED: (fixed_config, config_files)},
             resources_per_trial={"cpu": cpus_per_trial},
             local_dir=os.path.abspath(results_dir), verbose=0, raise_on_failed_trial=False,
+            chdir_to_trial_dir=False,  # relative paths in the settings keep their meaning
         )
     finally:
         ray.shutdown()
@@ -201,12 +211,6 @@ def search_with_ray(params, fixed_config, config_files, max_evals=10, cpus_per_t
         else:
             trials.append(Trial(params, error=f"failed: {ray_trial.error_file or 'no result'}"))
     return trials
-
-
-def _absolute_data_path(fixed_config):
-    """Ray runs trials in their own folders: a relative data_path is resolved here."""
-    path = fixed_config.get("data_path")
-    return {"data_path": os.path.abspath(path)} if path else {}
 
 
 # ----- the report ---------------------------------------------------------------------------------------
@@ -336,6 +340,8 @@ def hyper_main(argv=None):
     config_files = args.config_files.split() if args.config_files else None
     params = read_search_space(args.params_file or default_params_file(args.model))
     _require_tool(args.tool)
+    if args.tool == "hyperopt" and args.algo == "exhaustive":
+        _check_exhaustive(params)
     if args.tool == "hyperopt":
         trials = search_with_hyperopt(params, fixed, config_files, args.algo, args.max_evals)
     else:
@@ -346,6 +352,18 @@ def hyper_main(argv=None):
     title = f"{args.model} on {args.dataset}: {len(trials)} trials ({args.tool})"
     print(write_report(rows, args.output_file, title))
     return 0
+
+
+def _check_exhaustive(params):
+    """Exhaustive search runs every combination of choices (RecBole's ``HyperTuning`` ignores
+    ``--max_evals`` then), so it needs a space of choices only."""
+    others = [p.name for p in params if p.kind != "choice"]
+    if others:
+        raise BiFairInputError(
+            f"--algo=exhaustive needs a space of choices only; {', '.join(others)} "
+            "are not. Use --algo=random or bayes, or list values with 'choice'.")
+    combinations = math.prod(len(p.values) for p in params)
+    print(f"exhaustive search: {combinations} trials (every combination of the choices)")
 
 
 def _require_tool(tool):

@@ -17,17 +17,21 @@ from recbole_bifair.utils import get_model, get_trainer
 
 
 def prepare_run(config):
-    """Dataset, splits, model and trainer for ``config``, in RecBole's order and seeding."""
+    """Dataset, splits, model and trainer for ``config``, in RecBole's order and seeding.
+    In a multi-process run, each machine's local rank 0 prepares the dataset files and the LLM
+    vectors' cache first."""
     from recbole_bifair.data import ensure_dataset
+    from recbole_bifair.distributed import local_rank0_first
     from recbole_bifair.evaluator import build_item_groups
 
-    ensure_dataset(config)
-    dataset = create_dataset(config)
-    train_data, valid_data, test_data = data_preparation(config, dataset)
-    if uses_item_groups(config):
-        build_item_groups(config, train_data.dataset, valid_data.dataset, test_data.dataset)
-    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    with local_rank0_first(config):
+        ensure_dataset(config)
+        dataset = create_dataset(config)
+        train_data, valid_data, test_data = data_preparation(config, dataset)
+        if uses_item_groups(config):
+            build_item_groups(config, train_data.dataset, valid_data.dataset, test_data.dataset)
+        init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+        model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     return dataset, train_data, valid_data, test_data, model, trainer
 
@@ -45,8 +49,9 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, saved
         nproc=1, world_size=-1, ip="localhost", port="5678", group_offset=0):
     """RecBole's ``run``: one process, or ``nproc`` processes on this machine joining a group
     of ``world_size`` (several machines: the same ``ip``/``port`` of rank 0's machine, and
-    ``group_offset`` = the number of processes on the machines before this one). Returns
-    rank 0's result dict on the machine that runs rank 0."""
+    ``group_offset`` = the number of processes on the machines before this one; the machines
+    share ``checkpoint_dir``, where rank 0 writes). Returns rank 0's result dict on the
+    machine that runs rank 0, None on the others."""
     if nproc == 1 and world_size <= 0:
         return run_recbole_bifair(model, dataset, config_file_list, config_dict, saved)
     import torch.multiprocessing as mp
@@ -117,9 +122,9 @@ def run_recbole_bifair(model=None, dataset=None, config_file_list=None, config_d
         "epochs": len(epoch_seconds),
     }
     if not config["single_spec"]:
-        torch.distributed.destroy_process_group()
-        if config["local_rank"] == 0 and queue is not None:
+        if config["local_rank"] + config["offset"] == 0 and queue is not None:
             queue.put(result)
+        torch.distributed.destroy_process_group()
     return result
 
 

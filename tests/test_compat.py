@@ -85,6 +85,14 @@ def test_ddp_on_cpu_and_evaluation_over_all_ranks(tiny):
         _, valid_result = trainer.fit(train_data, valid_data, saved=False)
         assert trainer._map_reduce(valid_result, 7) is valid_result
         assert 0 <= valid_result["ndcg@10"] <= 1
+
+        from recbole.trainer.trainer import AbstractTrainer
+
+        with_batch_norm = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+        wrapped = AbstractTrainer(config, with_batch_norm)
+        assert isinstance(wrapped.model[1], torch.nn.BatchNorm1d)  # SyncBatchNorm runs on GPUs only
+        wrapped.model.train()
+        assert wrapped.model(torch.randn(5, 3)).shape == (5, 4)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -48,6 +48,9 @@ def _check_helpers(rank, port):
         distributed.average_gradients([param, unused])
         assert torch.equal(param.grad, torch.full((2,), 1.5)) and torch.equal(unused.grad, torch.zeros(1))
         assert distributed.broadcast_from_rank0(f"name-{rank}") == "name-0"
+        assert distributed.is_main_process() == (rank == 0)
+        assert distributed.check_finite_on_all_ranks(torch.tensor(1.0))
+        assert not distributed.check_finite_on_all_ranks(torch.tensor([2.0, float("nan")][rank]))
     finally:
         dist.destroy_process_group()
 

@@ -101,3 +101,36 @@ def test_run_hyper_script_errors_in_one_line(tmp_path):
                          cwd=str(tmp_path), capture_output=True, text=True)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip() == "error: no shipped search space for SASRec; name one with --params_file (README, Tuning)."
+
+
+def test_whole_number_steps_draw_ints():
+    from hyperopt.pyll.stochastic import sample
+
+    params = [hyper.SearchParameter("outer_every", "quniform", (1, 8, 1)),
+              hyper.SearchParameter("proximity_weight", "quniform", (0.0, 0.01, 0.005))]
+    drawn = sample(hyper.hyperopt_space(params))
+    assert isinstance(drawn["outer_every"], int) and isinstance(drawn["proximity_weight"], float)
+    for setting in hyper.draw_settings(params, 3, search_seed=1):
+        assert isinstance(setting["outer_every"], int) and 1 <= setting["outer_every"] <= 8
+
+
+def test_exhaustive_search_needs_choices_only(tmp_path):
+    space = tmp_path / "space.hyper"
+    space.write_text("outer_every choice [1, 2]\nouter_learning_rate loguniform -9,-7\n")
+    with pytest.raises(BiFairInputError, match="exhaustive needs a space of choices only; outer_learning_rate"):
+        hyper.hyper_main(["--model=BiFairSASRec", f"--params_file={space}", "--algo=exhaustive"])
+
+
+def test_a_failed_trial_is_reported_and_the_sweep_goes_on(tmp_path):
+    config = tiny_config(tmp_path, epochs=1)
+    space = tmp_path / "space.hyper"
+    space.write_text('balancer choice ["softmax", "nosuch"]\n')
+    output = tmp_path / "sweep.md"
+    args = ["--model=BiFairSASRec", "--dataset=tiny", f"--params_file={space}", "--algo=exhaustive",
+            f"--output_file={output}"] + [f"--{k}={v}" for k, v in config.items()]
+    assert hyper.main(args) == 0
+    with open(output.with_suffix(".csv")) as f:
+        rows = {row["params"]: row for row in csv.DictReader(f)}
+    assert set(rows) == {"balancer=softmax", "balancer=nosuch"}
+    assert "Unknown balancer 'nosuch'" in rows["balancer=nosuch"]["error"]
+    assert rows["balancer=softmax"]["error"] == "" and rows["balancer=softmax"]["best"] == "yes"

@@ -163,9 +163,10 @@ class GroupFairTrainer(Trainer):
 
     @staticmethod
     def _check_finite(loss, level, epoch_idx, step):
-        if not torch.isfinite(loss):
+        if not distributed.check_finite_on_all_ranks(loss):
+            value = loss.item() if not torch.isfinite(loss) else "not finite on another process"
             raise BiFairTrainingError(
-                f"The {level} loss is {loss.item()} at epoch {epoch_idx}, batch {step}: training stopped. "
+                f"The {level} loss is {value} at epoch {epoch_idx}, batch {step}: training stopped. "
                 "Lower learning_rate (and outer_learning_rate), or set clip_grad_norm."
             )
 
@@ -188,7 +189,7 @@ class GroupFairTrainer(Trainer):
 
     # ----- checkpoints ------------------------------------------------------------------------
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
-        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+        if not distributed.is_main_process():
             return
         saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
         state = {
