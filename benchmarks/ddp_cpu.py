@@ -15,19 +15,12 @@ RecBole config overrides; the default settings are those of ``benchmarks/ml-100k
 import argparse
 import datetime
 import os
-import socket
 import sys
 import warnings
 
 import yaml
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return str(s.getsockname()[1])
 
 
 def spec_settings():
@@ -37,6 +30,7 @@ def spec_settings():
 
 
 def timed_run(model, dataset, config_dict, nproc, world_size, threads):
+    from recbole_bifair.distributed import free_port
     from recbole_bifair.quick_start import run
 
     os.environ["OMP_NUM_THREADS"] = str(threads)  # read by the torch of spawned processes
@@ -53,10 +47,9 @@ def main(argv=None):
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--output", default=None, help="also write the table to this Markdown file")
     args, unknown = parser.parse_known_args(argv)
-    from recbole.config import Config as RecBoleConfig
+    from recbole_bifair.config_values import command_line_settings
 
-    overrides = dict(arg[2:].split("=", 1) for arg in unknown if arg.startswith("--") and "=" in arg)
-    config_dict = {**spec_settings(), **RecBoleConfig._convert_config_dict(None, overrides)}
+    config_dict = {**spec_settings(), **command_line_settings(unknown)}
     cores = os.cpu_count() or 1
     import torch
 

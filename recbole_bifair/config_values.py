@@ -42,3 +42,17 @@ def number(config, key, minimum=None, default=None, strictly_above=False):
         relation = ">" if strictly_above else ">="
         raise BiFairInputError(f"{key} must be {relation} {minimum}; got {value!r}.")
     return float(value)
+
+
+def command_line_settings(args):
+    """``["--epochs=2", "--load_col=None"]`` -> ``{"epochs": 2, "load_col": None}``: values read
+    the way RecBole reads ``--key=value`` on its command line."""
+    from recbole.config import Config
+
+    settings = {}
+    for arg in args:
+        key, sep, value = arg[2:].partition("=")
+        if not arg.startswith("--") or not sep or not key:
+            raise BiFairInputError(f"unknown argument '{arg}'; settings are given as --key=value.")
+        settings[key] = value
+    return Config._convert_config_dict(None, settings)

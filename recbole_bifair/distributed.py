@@ -16,11 +16,19 @@ What the plugin adds to RecBole's DDP path (used by ``config``, ``compat`` and t
 Every helper is a no-op in a single process.
 """
 import contextlib
+import socket
 
 import torch
 import torch.distributed as dist
 
 BACKENDS = ("auto", "nccl", "gloo")
+
+
+def free_port(host="localhost"):
+    """A TCP port free on ``host`` now, for ``--port``."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return str(s.getsockname()[1])
 
 
 def is_distributed():

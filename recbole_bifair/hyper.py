@@ -323,15 +323,9 @@ def parse_hyper_args(argv):
 
 def fixed_settings(args, unknown):
     """The settings every trial shares: model, dataset and ``--key=value`` overrides."""
-    from recbole.config import Config
+    from recbole_bifair.config_values import command_line_settings
 
-    overrides = {}
-    for arg in unknown:
-        key, sep, value = arg[2:].partition("=")
-        if not arg.startswith("--") or not sep:
-            raise BiFairInputError(f"unknown argument '{arg}'; settings are given as --key=value.")
-        overrides[key] = value
-    return {"model": args.model, "dataset": args.dataset, **Config._convert_config_dict(None, overrides)}
+    return {"model": args.model, "dataset": args.dataset, **command_line_settings(unknown)}
 
 
 def hyper_main(argv=None):

@@ -68,15 +68,12 @@ def test_ddp_on_cpu_and_evaluation_over_all_ranks(tiny):
     """A one-process gloo group takes RecBole's distributed path: DDP wraps the CPU model
     (fix_ddp_on_cpu), training syncs through it, and the metrics pass ``_map_reduce``
     unchanged (fix_distributed_evaluation)."""
-    import socket
-
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        port = str(s.getsockname()[1])
-    settings = dict(local_rank=0, world_size=1, nproc=1, ip="localhost", port=port, offset=0)
+    from recbole_bifair.distributed import free_port
+
+    settings = dict(local_rank=0, world_size=1, nproc=1, ip="localhost", port=free_port(), offset=0)
     try:
         config, train_data, valid_data, _, _, trainer = tiny("SASRec", **settings)
         assert dist.get_backend() == "gloo" and not config["single_spec"]

@@ -2,7 +2,6 @@
 metrics are computed once over the whole split, rank 0 alone writes checkpoints."""
 import glob
 import os
-import socket
 import warnings
 
 import pytest
@@ -14,14 +13,8 @@ from conftest import tiny_config
 from recbole_bifair import distributed
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return str(s.getsockname()[1])
-
-
 def _group_settings(world_size=2):
-    return {"world_size": world_size, "nproc": world_size, "ip": "localhost", "port": _free_port(), "offset": 0}
+    return {"world_size": world_size, "nproc": world_size, "ip": "localhost", "port": distributed.free_port(), "offset": 0}
 
 
 # ----- the helpers, on two processes -------------------------------------------------------------
@@ -56,7 +49,7 @@ def _check_helpers(rank, port):
 
 
 def test_reductions_gathers_and_broadcasts_across_two_ranks():
-    mp.spawn(_check_helpers, args=(_free_port(),), nprocs=2, join=True)
+    mp.spawn(_check_helpers, args=(distributed.free_port(),), nprocs=2, join=True)
 
 
 def test_single_process_helpers_are_no_ops():
