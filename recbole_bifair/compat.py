@@ -6,6 +6,7 @@ is called when ``recbole_bifair`` is imported. Every fix has its own test in
 ray's setuptools) are avoided by the pins in ``setup.cfg`` rather than patched.
 """
 import functools
+import os
 import types
 
 import torch
@@ -85,10 +86,11 @@ def fix_ddp_on_cpu():
     """Under DDP, ``AbstractTrainer.__init__`` converts BatchNorm layers to SyncBatchNorm, which
     runs on GPUs only, and passes ``device_ids=[local_rank]``, which DDP refuses for a model on
     the CPU; every rank names its checkpoint after its own clock, so a rank can look for a best
-    model that rank 0 saved under another name; and each machine's local rank 0 saves, so on
-    several machines more than one process writes the checkpoint. On the CPU the model keeps its
-    BatchNorm and gets ``device_ids=None``; every rank takes rank 0's checkpoint name, and only
-    the global rank 0 writes it."""
+    model that rank 0 saved under another name; each machine's local rank 0 saves, so on
+    several machines more than one process writes the checkpoint; and ranks race to create
+    ``checkpoint_dir`` (check, then ``makedirs``). On the CPU the model keeps its BatchNorm and
+    gets ``device_ids=None``; the folder is created race-free, every rank takes rank 0's
+    checkpoint name, and only the global rank 0 writes it."""
     from recbole.trainer.trainer import AbstractTrainer, Trainer
     from torch.nn.parallel import DistributedDataParallel
 
@@ -108,6 +110,7 @@ def fix_ddp_on_cpu():
 
     @functools.wraps(trainer_init)
     def init_with_rank0_checkpoint_name(self, config, model):
+        os.makedirs(config["checkpoint_dir"], exist_ok=True)
         trainer_init(self, config, model)
         self.saved_model_file = broadcast_from_rank0(self.saved_model_file)
 
