@@ -87,10 +87,9 @@ def fix_ddp_on_cpu():
     runs on GPUs only, and passes ``device_ids=[local_rank]``, which DDP refuses for a model on
     the CPU; every rank names its checkpoint after its own clock, so a rank can look for a best
     model that rank 0 saved under another name; each machine's local rank 0 saves, so on
-    several machines more than one process writes the checkpoint; and ranks race to create
-    ``checkpoint_dir`` (check, then ``makedirs``). On the CPU the model keeps its BatchNorm and
-    gets ``device_ids=None``; the folder is created race-free, every rank takes rank 0's
-    checkpoint name, and only the global rank 0 writes it."""
+    several machines more than one process writes the checkpoint. On the CPU the model keeps its
+    BatchNorm and gets ``device_ids=None``; every rank takes rank 0's checkpoint name, and only
+    the global rank 0 writes it."""
     from recbole.trainer.trainer import AbstractTrainer, Trainer
     from torch.nn.parallel import DistributedDataParallel
 
@@ -110,7 +109,6 @@ def fix_ddp_on_cpu():
 
     @functools.wraps(trainer_init)
     def init_with_rank0_checkpoint_name(self, config, model):
-        os.makedirs(config["checkpoint_dir"], exist_ok=True)
         trainer_init(self, config, model)
         self.saved_model_file = broadcast_from_rank0(self.saved_model_file)
 
@@ -122,6 +120,22 @@ def fix_ddp_on_cpu():
     AbstractTrainer.__init__ = abstract_trainer_init
     Trainer.__init__ = init_with_rank0_checkpoint_name
     Trainer._save_checkpoint = save_on_rank0_only
+
+
+def fix_ensure_dir_race():
+    """``ensure_dir`` checks for a folder and then creates it, so processes started together
+    (DDP ranks, Ray trials) race on the log and checkpoint folders and one of them fails with
+    ``FileExistsError``. Create folders with ``exist_ok``, in every module that imported it."""
+    import importlib
+
+    def ensure_dir(dir_path):
+        os.makedirs(dir_path, exist_ok=True)
+
+    for name in ("recbole.utils.utils", "recbole.utils", "recbole.utils.logger", "recbole.trainer.trainer",
+                 "recbole.data.utils", "recbole.data.dataset.dataset"):
+        module = importlib.import_module(name)
+        if hasattr(module, "ensure_dir"):
+            module.ensure_dir = ensure_dir
 
 
 def fix_distributed_evaluation():
@@ -163,5 +177,6 @@ def apply_all():
     fix_collector_moves_only_tensors()
     fix_checkpoint_loading_weights_only()
     fix_ddp_on_cpu()
+    fix_ensure_dir_race()
     fix_distributed_evaluation()
     _applied = True

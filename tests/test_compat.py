@@ -93,3 +93,17 @@ def test_ddp_on_cpu_and_evaluation_over_all_ranks(tiny):
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def test_ensure_dir_tolerates_a_folder_made_meanwhile(tmp_path, monkeypatch):
+    import os
+
+    import recbole.trainer.trainer as trainer_module
+    import recbole.utils.logger as logger_module
+
+    target = tmp_path / "log" / "SASRec"
+    target.mkdir(parents=True)
+    monkeypatch.setattr(os.path, "exists", lambda path: False)  # another process made it after the check
+    for module in (logger_module, trainer_module):
+        module.ensure_dir(str(target))
+    assert target.is_dir()
