@@ -331,7 +331,7 @@ def run_benchmark(spec, selected=None, force=False, verbose=False, command=""):
         for index, plan in enumerate(pending, start=1):
             label = f"[{index}/{len(pending)}] {plan.dataset} {plan.entry.name} seed {plan.seed}"
             logger.info(f"{label}: started ({_eta(started, index - 1, len(pending))})")
-            record = execute_run(spec, plan, label, verbose)
+            record = {**execute_run(spec, plan, label, verbose), **provenance(command)}
             write_json_atomic(record_path(spec, plan), record)
             summary.executed.append(plan.run_id)
             if record["status"] != "ok":
@@ -344,6 +344,12 @@ def run_benchmark(spec, selected=None, force=False, verbose=False, command=""):
                        f"{os.path.join(spec.output_dir, 'runs')}: run the same command again to resume.")
     write_reports(spec, command)
     return summary
+
+
+def provenance(command=""):
+    """Where and how a run was made, kept in its record so that a report rebuilt elsewhere
+    still names the machine, versions and command of the runs."""
+    return {"cpu": cpu_description(), "versions": versions_text(), "command": command}
 
 
 def _outcome_text(record):
@@ -537,6 +543,9 @@ def device_of_run():
 
 # ---- reports --------------------------------------------------------------------------------
 
+PROVENANCE_COLUMNS = ("gpu", "cpu", "versions", "command", "finished_at")
+
+
 def runs_frame(spec):
     """One row per recorded run of ``spec`` (its current config): dataset, name, model, seed,
     status, error, then the test metrics and costs."""
@@ -547,7 +556,7 @@ def runs_frame(spec):
             continue
         row = {"dataset": plan.dataset, "name": plan.entry.name, "model": plan.entry.model,
                "seed": plan.seed, "status": record.get("status"), "error": record.get("error"),
-               "gpu": record.get("gpu")}
+               **{key: record.get(key) for key in PROVENANCE_COLUMNS}}
         if record.get("status") == "ok":
             row.update(record.get("test_result") or {})
             row.update({key: record.get(key) for key in COST_DIGITS if record.get(key) is not None})
@@ -557,7 +566,7 @@ def runs_frame(spec):
 
 def metric_columns(runs):
     """Test metric columns in result order, then the cost columns."""
-    fixed = {"dataset", "name", "model", "seed", "status", "error", "gpu"}
+    fixed = {"dataset", "name", "model", "seed", "status", "error", *PROVENANCE_COLUMNS}
     metrics = [c for c in runs.columns if c not in fixed and c not in COST_DIGITS]
     costs = [c for c in COST_DIGITS if c in runs.columns and runs[c].notna().any()]
     return metrics + costs
@@ -658,13 +667,14 @@ def write_reports(spec, command=""):
 
 def markdown_report(spec, dataset, table, columns, runs, command, plots, plot_notes):
     headline, full = markdown_tables(table, columns, spec.report_k)
-    gpus = sorted({g for g in runs["gpu"].dropna()}) if "gpu" in runs else []
+    finished = sorted(runs["finished_at"].dropna()) if "finished_at" in runs else []
+    gpus = _distinct(runs, "gpu")
     lines = [
         f"# Benchmark {spec.name}: {dataset}", "",
-        f"- command: `{command}`",
-        f"- machine: {machine_description(gpus)}",
-        f"- versions: {versions_text()}",
-        f"- date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}",
+        *_command_lines(_distinct(runs, "command"), command),
+        f"- machine: {'; '.join(_distinct(runs, 'cpu')) or NOT_RECORDED}" + (f"; GPU: {', '.join(gpus)}" if gpus else ""),
+        f"- versions: {'; '.join(_distinct(runs, 'versions')) or NOT_RECORDED}",
+        f"- runs finished: {_date_range(finished)}",
         f"- seeds: {', '.join(map(str, spec.seeds))} (mean ± sample std over the finished seeds)",
         "", "Shared settings" + (" (with the command's --set overrides):" if spec.overrides else ":"), "",
         "```yaml", yaml.safe_dump({**spec.shared, **spec.overrides}, sort_keys=False).rstrip(), "```", "",
@@ -676,12 +686,38 @@ def markdown_report(spec, dataset, table, columns, runs, command, plots, plot_no
     return "\n".join(lines)
 
 
-def machine_description(gpus=()):
-    """CPU model and cores of this machine, and the GPUs the runs used."""
-    text = f"{cpu_model()}, {os.cpu_count()} logical cores"
-    if gpus:
-        text += "; GPU: " + ", ".join(gpus)
-    return text
+NOT_RECORDED = "not recorded in the run records"
+
+
+def _command_lines(run_commands, report_command, shown=3):
+    """Header lines naming the commands that made the runs (up to ``shown`` of them; the rest
+    are in the run records) and the command that wrote the report when it is another."""
+    lines = [f"- runs made by: `{text}`" for text in run_commands[:shown]] or [f"- runs made by: {NOT_RECORDED}"]
+    if len(run_commands) > shown:
+        lines.append(f"- runs made by {len(run_commands) - shown} more commands (each run's command "
+                     f"is in its record under runs/)")
+    if report_command not in run_commands:
+        lines.append(f"- report written by: `{report_command}`")
+    return lines
+
+
+def _distinct(runs, column):
+    """The different non-empty values of ``column`` over ``runs``, in first-seen order."""
+    if column not in runs:
+        return []
+    return list(dict.fromkeys(str(v) for v in runs[column].dropna() if str(v)))
+
+
+def _date_range(timestamps):
+    if not timestamps:
+        return "unknown"
+    first, last = (t.replace("T", " ")[:16] for t in (timestamps[0], timestamps[-1]))
+    return first if first == last else f"{first} to {last}"
+
+
+def cpu_description():
+    """CPU model and logical cores of this machine."""
+    return f"{cpu_model()}, {os.cpu_count()} logical cores"
 
 
 def cpu_model():

@@ -100,9 +100,28 @@ def test_table_and_csv_hold_mean_and_std_over_seeds(finished):
             assert table.loc[model, f"{metric}_std"] == pytest.approx(std, abs=1e-9)
         ndcg = [r["test_result"]["ndcg@10"] for r in records]
         assert f"{np.mean(ndcg):.4f} ± {np.std(ndcg, ddof=1):.4f}" in markdown
-    for header in ("- command: `python -m recbole_bifair.benchmark", "- machine:", "- versions: torch",
-                   "- date:", "recbole 1.2.1"):
+    for header in ("- runs made by: `python -m recbole_bifair.benchmark", "- machine:", "- versions: torch",
+                   "- runs finished: 20", "recbole 1.2.1"):
         assert header in markdown
+    assert "report written by" not in markdown
+
+
+def test_report_rebuilt_elsewhere_names_the_machine_and_commands_of_the_runs(tmp_path, monkeypatch):
+    spec = benchmark.load_spec(write_spec(str(tmp_path)), output_dir=str(tmp_path / "out"))
+    plans = benchmark.plan_runs(spec)
+    os.makedirs(os.path.join(spec.output_dir, "runs"))
+    for index, plan in enumerate(plans):
+        record = {**fake_record(plan), "finished_at": f"2026-01-0{index + 1}T10:00:00", "gpu": "Some GPU",
+                  "cpu": "Some CPU, 16 logical cores", "versions": "torch 9.9", "command": f"run {plan.seed}"}
+        benchmark.write_json_atomic(benchmark.record_path(spec, plan), record)
+    monkeypatch.setattr(benchmark, "cpu_description", lambda: "This CPU, 2 logical cores")
+    benchmark.write_reports(spec, command="rebuild")
+    markdown = open(os.path.join(spec.output_dir, "tiny.md"), encoding="utf-8").read()
+    for line in ("- runs made by: `run 2020`", "- runs made by: `run 2021`", "- report written by: `rebuild`",
+                 "- machine: Some CPU, 16 logical cores; GPU: Some GPU", "- versions: torch 9.9",
+                 "- runs finished: 2026-01-01 10:00 to 2026-01-04 10:00"):
+        assert line in markdown
+    assert "This CPU" not in markdown
 
 
 @pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="matplotlib not installed")
