@@ -1,7 +1,8 @@
-"""Per-step training cost of SASRec, LLMSASRec and BiFairSASRec on one dataset, as ratios to
-SASRec measured in the same process (absolute seconds swing with machine load).
+"""Per-step training cost of a backbone, its LLM form and its BiFair form on one dataset, as
+ratios to the plain backbone measured in the same process (absolute seconds swing with machine
+load).
 
-    python benchmarks/step_cost.py --dataset=ml-100k --steps=10 [--MAX_ITEM_LIST_LENGTH=20 ...]
+    python benchmarks/step_cost.py --dataset=ml-100k --steps=10 [--backbone=SASRec] [--MAX_ITEM_LIST_LENGTH=20 ...]
 
 Extra ``--key=value`` options are RecBole config overrides for every model.
 """
@@ -16,19 +17,23 @@ from recbole_bifair.benchmark import parse_overrides
 from recbole_bifair.config import Config
 from recbole_bifair.quick_start import prepare_run
 
-MODELS = {
-    "SASRec": {},
-    "LLMSASRec": {},
-    "BiFairSASRec (outer off)": {"bifair_outer": False},
-    "BiFairSASRec (first_order)": {"hypergradient": "first_order"},
-    "BiFairSASRec (finite_difference)": {"hypergradient": "finite_difference"},
-    "BiFairSASRec (exact)": {"hypergradient": "exact"},
+BIFAIR_VARIANTS = {
+    "outer off": {"bifair_outer": False},
+    "first_order": {"hypergradient": "first_order"},
+    "finite_difference": {"hypergradient": "finite_difference"},
+    "exact": {"hypergradient": "exact"},
 }
 
 
-def seconds_per_step(model_label, dataset, overrides, steps):
-    model = model_label.split(" ")[0]
-    config = Config(model=model, dataset=dataset, config_dict={**overrides, **MODELS[model_label]})
+def measured_models(backbone):
+    """(label, model name, settings) of every measured row, the plain backbone first."""
+    rows = [(backbone, backbone, {}), (f"LLM{backbone}", f"LLM{backbone}", {})]
+    return rows + [(f"BiFair{backbone} ({variant})", f"BiFair{backbone}", settings)
+                   for variant, settings in BIFAIR_VARIANTS.items()]
+
+
+def seconds_per_step(model, settings, dataset, overrides, steps):
+    config = Config(model=model, dataset=dataset, config_dict={**overrides, **settings})
     init_seed(config["seed"], config["reproducibility"])
     _, train_data, _, _, built, trainer = prepare_run(config)
     if hasattr(trainer, "_set_up_groups"):
@@ -60,14 +65,15 @@ def main(argv):
     parser = argparse.ArgumentParser()
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--backbone", default="SASRec")
     args, rest = parser.parse_known_args(argv)
     overrides = {"state": "WARNING", "show_progress": False, "outer_every": 4}
     overrides.update(parse_overrides(item.lstrip("-") for item in rest))
     sys.argv = sys.argv[:1]
     base = None
     print(f"dataset {args.dataset}, {args.steps} steps, overrides {overrides}, device {'cuda' if torch.cuda.is_available() else 'cpu'}")
-    for label in MODELS:
-        seconds = seconds_per_step(label, args.dataset, overrides, args.steps)
+    for label, model, settings in measured_models(args.backbone):
+        seconds = seconds_per_step(model, settings, args.dataset, overrides, args.steps)
         base = base or seconds
         print(f"{label:34s} {seconds * 1000:9.1f} ms/step   x{seconds / base:.2f}", flush=True)
 

@@ -15,7 +15,7 @@ import yaml
 from recbole_bifair import benchmark
 from recbole_bifair.errors import BiFairInputError
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, TEST_DATA
 
 TINY_SPEC = os.path.join(REPO_ROOT, "benchmarks", "tiny.yaml")
 RUN_IDS = [f"tiny__{model}__seed{seed}" for seed in (2020, 2021) for model in ("SASRec", "LLMSASRec")]
@@ -226,3 +226,18 @@ def test_spec_base_shares_settings_of_another_spec():
         spec = benchmark.load_spec(os.path.join(REPO_ROOT, "benchmarks", name))
         assert spec.shared == main.shared and spec.seeds == main.seeds and spec.datasets == main.datasets
         assert spec.name != main.name and [m.name for m in spec.models] != [m.name for m in main.models]
+
+
+def test_step_cost_script_measures_any_backbone(tmp_path, capsys, embedding_cache):
+    """benchmarks/step_cost.py with --backbone=BPR: one line per form of the backbone, the plain
+    backbone as the x1.00 baseline."""
+    spec = importlib.util.spec_from_file_location("step_cost", os.path.join(REPO_ROOT, "benchmarks", "step_cost.py"))
+    step_cost = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(step_cost)
+    step_cost.main(["--dataset=tiny", "--steps=1", "--backbone=BPR", f"--data_path={TEST_DATA}", "--load_col=~",
+                    "--embedding_size=8", "--train_batch_size=64", f"--llm_emb_cache_dir={embedding_cache}",
+                    f"--checkpoint_dir={tmp_path}"])
+    lines = [line for line in capsys.readouterr().out.splitlines() if "ms/step" in line]
+    assert [line.split()[0] for line in lines] == ["BPR", "LLMBPR"] + ["BiFairBPR"] * 4
+    assert lines[0].endswith("x1.00")
+    assert all(float(line.split()[-3]) > 0 for line in lines)
