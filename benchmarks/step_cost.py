@@ -15,6 +15,7 @@ from recbole.utils import init_seed
 
 from recbole_bifair.benchmark import parse_overrides
 from recbole_bifair.config import Config
+from recbole_bifair.model.llm_enhanced import supported_backbones
 from recbole_bifair.quick_start import prepare_run
 
 BIFAIR_VARIANTS = {
@@ -58,14 +59,14 @@ def seconds_per_step(model, settings, dataset, overrides, steps):
         step(i, batch)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    return (time.perf_counter() - start) / steps
+    return (time.perf_counter() - start) / (len(batches) - 1)
 
 
 def main(argv):
     parser = argparse.ArgumentParser()
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--backbone", default="SASRec")
+    parser.add_argument("--backbone", default="SASRec", choices=supported_backbones("BiFair"))
     args, rest = parser.parse_known_args(argv)
     overrides = {"state": "WARNING", "show_progress": False, "outer_every": 4}
     overrides.update(parse_overrides(item.lstrip("-") for item in rest))

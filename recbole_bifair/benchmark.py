@@ -49,6 +49,7 @@ import subprocess
 import sys
 import time
 import traceback
+import uuid
 from collections import deque
 from dataclasses import dataclass, field, replace
 from logging import getLogger
@@ -349,7 +350,7 @@ def run_benchmark(spec, selected=None, force=False, verbose=False, command=""):
 def provenance(command=""):
     """Where and how a run was made, kept in its record so that a report rebuilt elsewhere
     still names the machine, versions and command of the runs."""
-    return {"cpu": cpu_description(), "versions": versions_text(), "command": command}
+    return {"cpu": cpu_description(), "versions": versions_text(), "command": command or None}
 
 
 def _outcome_text(record):
@@ -653,12 +654,12 @@ def write_reports(spec, command=""):
         table = summary_table(dataset_runs, spec)
         columns = metric_columns(dataset_runs)
         base = os.path.join(spec.output_dir, _safe(dataset))
-        table.to_csv(base + ".csv", index=False)
+        write_text_atomically(base + ".csv", table.to_csv(index=False))
         plots, plot_notes = write_plots(table, base, spec.report_k)
         for note in plot_notes:
             logger.warning(note)
-        with open(base + ".md", "w", encoding="utf-8") as f:
-            f.write(markdown_report(spec, dataset, table, columns, dataset_runs, command, plots, plot_notes))
+        write_text_atomically(base + ".md", markdown_report(spec, dataset, table, columns, dataset_runs, command,
+                                                            plots, plot_notes))
         written += [base + ".md", base + ".csv"] + plots
     if written:
         logger.info("Reports: " + ", ".join(written))
@@ -696,7 +697,7 @@ def _command_lines(run_commands, report_command, shown=3):
     if len(run_commands) > shown:
         lines.append(f"- runs made by {len(run_commands) - shown} more commands (each run's command "
                      f"is in its record under runs/)")
-    if report_command not in run_commands:
+    if report_command and report_command not in run_commands[:shown]:
         lines.append(f"- report written by: `{report_command}`")
     return lines
 
@@ -759,10 +760,22 @@ def write_plots(table, base, k):
         if figure is None:
             notes.append(note)
             continue
-        figure.savefig(base + suffix, dpi=120, bbox_inches="tight")
+        save_figure_atomically(figure, base + suffix)
         plt.close(figure)
         paths.append(base + suffix)
     return paths, notes
+
+
+def save_figure_atomically(figure, path):
+    """PNG through a temporary file and a rename: harness processes sharing an output folder
+    never leave a half-written plot."""
+    temporary = f"{path}.{uuid.uuid4().hex[:8]}.tmp.png"
+    try:
+        figure.savefig(temporary, dpi=120, bbox_inches="tight")
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
 
 
 def group_columns(table, k):
@@ -841,6 +854,11 @@ def _csv_list(text):
     return [item.strip() for item in text.split(",") if item.strip()] if text else None
 
 
+# A script that starts several harness commands names itself here, so that the run records
+# (and the report) give the one command that reproduces them.
+COMMAND_VARIABLE = "RECBOLE_BIFAIR_COMMAND"
+
+
 def benchmark_main(argv=None, prog=DEFAULT_PROG):
     """The command line: run a spec (see the module docstring). Returns the exit code: 0 all
     runs finished, 1 some failed, 2 bad input, 130 interrupted."""
@@ -861,7 +879,7 @@ def benchmark_main(argv=None, prog=DEFAULT_PROG):
     except BiFairInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    command = " ".join([prog] + [shlex.quote(a) for a in argv])
+    command = os.environ.get(COMMAND_VARIABLE) or " ".join([prog] + [shlex.quote(a) for a in argv])
     if args.report_only:
         write_reports(spec, command)
         return 0

@@ -6,6 +6,8 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -112,16 +114,17 @@ def test_report_rebuilt_elsewhere_names_the_machine_and_commands_of_the_runs(tmp
     os.makedirs(os.path.join(spec.output_dir, "runs"))
     for index, plan in enumerate(plans):
         record = {**fake_record(plan), "finished_at": f"2026-01-0{index + 1}T10:00:00", "gpu": "Some GPU",
-                  "cpu": "Some CPU, 16 logical cores", "versions": "torch 9.9", "command": f"run {plan.seed}"}
+                  "cpu": "Some CPU, 16 logical cores", "versions": "torch 9.9", "command": f"run {index}"}
         benchmark.write_json_atomic(benchmark.record_path(spec, plan), record)
     monkeypatch.setattr(benchmark, "cpu_description", lambda: "This CPU, 2 logical cores")
     benchmark.write_reports(spec, command="rebuild")
     markdown = open(os.path.join(spec.output_dir, "tiny.md"), encoding="utf-8").read()
-    for line in ("- runs made by: `run 2020`", "- runs made by: `run 2021`", "- report written by: `rebuild`",
+    for line in ("- runs made by: `run 0`", "- runs made by: `run 2`", "- runs made by 1 more commands",
+                 "- report written by: `rebuild`",
                  "- machine: Some CPU, 16 logical cores; GPU: Some GPU", "- versions: torch 9.9",
                  "- runs finished: 2026-01-01 10:00 to 2026-01-04 10:00"):
         assert line in markdown
-    assert "This CPU" not in markdown
+    assert "This CPU" not in markdown and "`run 3`" not in markdown
 
 
 @pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="matplotlib not installed")
@@ -228,12 +231,13 @@ def test_spec_base_shares_settings_of_another_spec():
         assert spec.name != main.name and [m.name for m in spec.models] != [m.name for m in main.models]
 
 
-def test_step_cost_script_measures_any_backbone(tmp_path, capsys, embedding_cache):
+def test_step_cost_script_measures_any_backbone(tmp_path, capsys, embedding_cache, monkeypatch):
     """benchmarks/step_cost.py with --backbone=BPR: one line per form of the backbone, the plain
     backbone as the x1.00 baseline."""
     spec = importlib.util.spec_from_file_location("step_cost", os.path.join(REPO_ROOT, "benchmarks", "step_cost.py"))
     step_cost = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(step_cost)
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])
     step_cost.main(["--dataset=tiny", "--steps=1", "--backbone=BPR", f"--data_path={TEST_DATA}", "--load_col=~",
                     "--embedding_size=8", "--train_batch_size=64", f"--llm_emb_cache_dir={embedding_cache}",
                     f"--checkpoint_dir={tmp_path}"])
@@ -241,3 +245,22 @@ def test_step_cost_script_measures_any_backbone(tmp_path, capsys, embedding_cach
     assert [line.split()[0] for line in lines] == ["BPR", "LLMBPR"] + ["BiFairBPR"] * 4
     assert lines[0].endswith("x1.00")
     assert all(float(line.split()[-3]) > 0 for line in lines)
+
+
+def test_parallel_gpu_script_runs_every_job_and_reports_failures(tmp_path):
+    """benchmarks/ml-1m-gpu.sh on the tiny spec (no GPU: the runs time-slice the CPU): every
+    (model, seed) runs, the report is written, its command is the script's, and a model the
+    spec lacks makes the script exit non-zero."""
+    script = os.path.join(REPO_ROOT, "benchmarks", "ml-1m-gpu.sh")
+    output = str(tmp_path / "out")
+    env = {**os.environ, "SPEC": "benchmarks/tiny.yaml", "MODELS": "SASRec NoSuchModel", "SEEDS": "2020 2021",
+           "OUTPUT": output, "JOBS": "2"}
+    finished = subprocess.run(["bash", script, "--set", "epochs=1"], env=env, capture_output=True, text=True,
+                              timeout=600)
+    assert finished.returncode == 1, finished.stderr
+    assert sorted(os.listdir(os.path.join(output, "runs"))) == ["tiny__SASRec__seed2020.json",
+                                                                "tiny__SASRec__seed2021.json"]
+    markdown = open(os.path.join(output, "tiny.md"), encoding="utf-8").read()
+    assert (f'- runs made by: `OUTPUT={output} SPEC=benchmarks/tiny.yaml MODELS="SASRec NoSuchModel" '
+            f'SEEDS="2020 2021" bash benchmarks/ml-1m-gpu.sh --set epochs=1`') in markdown
+    assert "unknown model(s)" in open(os.path.join(output, "logs", "harness_NoSuchModel_2020.txt")).read()

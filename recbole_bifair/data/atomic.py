@@ -9,11 +9,17 @@ folder and moves the files into place only when all of them are complete.
 import contextlib
 import csv
 import gzip
+import hashlib
 import io
 import os
 import shutil
 import tempfile
 import zlib
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; processes must not prepare one dataset at once
+    fcntl = None
 
 from tqdm.auto import tqdm
 from tqdm.utils import CallbackIOWrapper
@@ -51,6 +57,19 @@ def refuse_to_overwrite(dataset_dir, file_names):
             "preparing the dataset would overwrite them. Move or delete those files, or prepare "
             "into another folder (--data_path / --dataset)."
         )
+
+
+@contextlib.contextmanager
+def preparation_lock(dataset_dir):
+    """Holds an exclusive lock on ``dataset_dir`` for the block, so that processes started
+    together on one machine (benchmark runs, DDP ranks) prepare a dataset one after another:
+    the first writes it, the others find it prepared. The lock file lives in the temporary
+    folder, not beside the user's data."""
+    key = hashlib.sha1(os.path.abspath(dataset_dir).encode("utf-8")).hexdigest()[:16]
+    with open(os.path.join(tempfile.gettempdir(), f"recbole_bifair-prepare-{key}.lock"), "a") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 @contextlib.contextmanager

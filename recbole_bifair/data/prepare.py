@@ -4,7 +4,7 @@ import argparse
 import os
 
 from recbole_bifair.data import amazon, movielens
-from recbole_bifair.data.atomic import publish, refuse_to_overwrite, staging_folder
+from recbole_bifair.data.atomic import preparation_lock, publish, refuse_to_overwrite, staging_folder
 from recbole_bifair.config_values import config_value
 from recbole_bifair.errors import BiFairInputError
 
@@ -86,8 +86,13 @@ def prepare_ml1m(dataset_dir, name=ML1M, raw=None, source="auto", verify=True):
     source = (source or "auto").lower()
     if source not in ML1M_SOURCES:
         raise BiFairInputError(f"Unknown ml-1m source '{source}': use one of {', '.join(ML1M_SOURCES)}.")
-    if os.path.isfile(os.path.join(dataset_dir, f"{name}.inter")):
-        return already_prepared(dataset_dir, name)
+    with preparation_lock(dataset_dir):
+        if os.path.isfile(os.path.join(dataset_dir, f"{name}.inter")):
+            return already_prepared(dataset_dir, name)
+        return _write_ml1m(dataset_dir, name, raw, source, verify)
+
+
+def _write_ml1m(dataset_dir, name, raw, source, verify):
     refuse_to_overwrite(dataset_dir, [f"{name}.item", f"{name}.user"])
     with staging_folder(dataset_dir) as stage:
         tables = movielens.load_tables(dataset_dir, stage, raw=raw, source=source, verify=verify)
