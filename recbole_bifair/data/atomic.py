@@ -66,10 +66,17 @@ def preparation_lock(dataset_dir):
     the first writes it, the others find it prepared. The lock file lives in the temporary
     folder, not beside the user's data."""
     key = hashlib.sha1(os.path.abspath(dataset_dir).encode("utf-8")).hexdigest()[:16]
-    with open(os.path.join(tempfile.gettempdir(), f"recbole_bifair-prepare-{key}.lock"), "a") as handle:
-        if fcntl is not None:
+    try:
+        handle = open(os.path.join(tempfile.gettempdir(), f"recbole_bifair-prepare-{key}.lock"), "a")
+    except OSError:  # e.g. another user's lock file: prepare unlocked, as before locks existed
+        handle = None
+    try:
+        if handle is not None and fcntl is not None:
             fcntl.flock(handle, fcntl.LOCK_EX)
         yield
+    finally:
+        if handle is not None:
+            handle.close()
 
 
 @contextlib.contextmanager
