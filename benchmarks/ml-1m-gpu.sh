@@ -39,10 +39,9 @@ else
 fi
 # each job in its own process group, so that stopping it also stops the run it started
 set -m
-pids=()
 status=0
-stop() {
-  for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null; done
+stop() {  # the running jobs only: a finished job's number may belong to another process by now
+  for pid in $(jobs -rp); do kill -TERM -- "-$pid" 2>/dev/null; done
   [ "$mps" = 1 ] && echo quit | nvidia-cuda-mps-control
   mps=0
 }
@@ -61,7 +60,6 @@ for seed in $SEEDS; do
     while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do reap_one || break; done
     python -m recbole_bifair.benchmark "$SPEC" "$@" --models "$model" --seeds "$seed" \
       --output_dir "$OUTPUT" > "$OUTPUT/logs/harness_${model}_${seed}.txt" 2>&1 &
-    pids+=($!)
   done
 done
 while reap_one; do :; done

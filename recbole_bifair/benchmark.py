@@ -49,7 +49,6 @@ import subprocess
 import sys
 import time
 import traceback
-import uuid
 from collections import deque
 from dataclasses import dataclass, field, replace
 from logging import getLogger
@@ -60,7 +59,7 @@ import pandas as pd
 import yaml
 
 from recbole_bifair.errors import BiFairInputError
-from recbole_bifair.llm.atomic_file import write_text_atomically
+from recbole_bifair.llm.atomic_file import replaced_atomically, write_text_atomically
 
 RUN_FLAG = "--run"
 DEFAULT_PROG = "python -m recbole_bifair.benchmark"
@@ -328,11 +327,12 @@ def run_benchmark(spec, selected=None, force=False, verbose=False, command=""):
         logger.info(f"{len(summary.skipped)} of {len(plans)} runs already finished, skipped "
                     f"(--force runs them again).")
     started = time.perf_counter()
+    made_by = provenance(command)
     try:
         for index, plan in enumerate(pending, start=1):
             label = f"[{index}/{len(pending)}] {plan.dataset} {plan.entry.name} seed {plan.seed}"
             logger.info(f"{label}: started ({_eta(started, index - 1, len(pending))})")
-            record = {**execute_run(spec, plan, label, verbose), **provenance(command)}
+            record = {**execute_run(spec, plan, label, verbose), **made_by}
             write_json_atomic(record_path(spec, plan), record)
             summary.executed.append(plan.run_id)
             if record["status"] != "ok":
@@ -760,22 +760,11 @@ def write_plots(table, base, k):
         if figure is None:
             notes.append(note)
             continue
-        save_figure_atomically(figure, base + suffix)
+        with replaced_atomically(base + suffix, "wb") as png:
+            figure.savefig(png, format="png", dpi=120, bbox_inches="tight")
         plt.close(figure)
         paths.append(base + suffix)
     return paths, notes
-
-
-def save_figure_atomically(figure, path):
-    """PNG through a temporary file and a rename: harness processes sharing an output folder
-    never leave a half-written plot."""
-    temporary = f"{path}.{uuid.uuid4().hex[:8]}.tmp.png"
-    try:
-        figure.savefig(temporary, dpi=120, bbox_inches="tight")
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 def group_columns(table, k):

@@ -5,6 +5,7 @@ ids file. Reading checks every row; writing is atomic (a temporary file, then ``
 (e.g. ``item_id:token<TAB>item_emb:float_seq``), then one ``token<TAB>v1 v2 ... vd`` row per
 item. Further columns are ignored.
 """
+import contextlib
 import os
 import uuid
 
@@ -161,14 +162,22 @@ def write_itememb(path, tokens, matrix, id_field="item_id", field_separator="\t"
 
 
 def write_text_atomically(path, text, encoding="utf-8"):
-    """Writes ``text`` to a temporary file next to ``path`` and renames it over ``path``, so a
-    reader sees the old file or the whole new one, never a part."""
+    """Writes ``text`` to ``path`` through :func:`replaced_atomically`."""
+    with replaced_atomically(path, "w", encoding) as f:
+        f.write(text)
+
+
+@contextlib.contextmanager
+def replaced_atomically(path, mode="w", encoding=None):
+    """Yields a file open on a temporary file next to ``path``; when the block ends it is
+    synced and renamed over ``path``, so a reader sees the old file or the whole new one,
+    never a part. On an error the temporary file is removed and ``path`` left as it was."""
     directory, name = os.path.split(os.path.abspath(path))
     temporary = os.path.join(directory, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with os.fdopen(descriptor, "w", encoding=encoding) as f:
-            f.write(text)
+        with os.fdopen(descriptor, mode, encoding=encoding) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, path)
