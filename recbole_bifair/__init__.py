@@ -10,4 +10,4 @@ compat.apply_all()
 register_fairness_metrics()
 install_valid_score()
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

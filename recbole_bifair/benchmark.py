@@ -19,6 +19,9 @@ Spec::
     output_dir: ~               # optional; relative to the working folder
     report_k: 10                # optional; the cut-off of the headline columns and plots
     keep_checkpoints: false     # optional; keep each run's best-validation checkpoint
+    reference: SASRec           # optional; a display name of `models`: the tables mark the
+                                # NDCG@k, gap, worst-group and per-group NDCG@k means that
+                                # differ significantly from this model's
 
 A run's config is ``shared``, then the model's ``config``, then the ``--set`` overrides, then
 its seed. A relative ``data_path`` is taken from the working folder when it exists there,
@@ -33,8 +36,18 @@ the same config is skipped (``--force`` re-runs it); failed runs and runs whose 
 are run again. ``<dataset>.md``, ``<dataset>.csv`` and the plots ``<dataset>_group_ndcg.png``,
 ``<dataset>_tradeoff.png`` (matplotlib, ``pip install recbole-bifair[plot]``) cover every
 recorded run of the spec, ``--report-only`` rebuilds them without running anything.
+
+A record also keeps what the convergence and significance columns need: ``best_epoch``,
+``valid_scores``, the epoch cap and ``stopping_step`` of the resolved config, and
+``test_users``, each test user's NDCG@report_k (rounded to 4 digits, users sorted by token)
+with the item group of its test positives. The tables show each model's best epoch (mean and
+per seed), flag runs that did not converge (best epoch = the epoch cap, or training ended at
+the cap without early stopping), mark significant differences to ``reference`` (paired t-test
+over test users for NDCG@k and per-group NDCG@k, over seeds for the gap and the worst group;
+p < 0.05) and, when a record has ``prior_fairness``, its E0 and E columns.
 """
 import argparse
+import contextlib
 import copy
 import datetime
 import hashlib
@@ -69,7 +82,8 @@ HEADLINE_METRICS = ("ndcg", "recall", "hit", "mrr", "ndcggap", "ndcgworst", "ndc
                     "exposuredisparity")
 ANSI_CODES = re.compile(r"\x1b\[[0-9;]*m")
 PROGRESS_LINE = re.compile(r"(epoch \d+ (training|evaluating).*|Finished training.*|test result.*)")
-SPEC_KEYS = {"name", "datasets", "seeds", "shared", "models", "output_dir", "report_k", "keep_checkpoints"}
+SPEC_KEYS = {"name", "datasets", "seeds", "shared", "models", "output_dir", "report_k", "keep_checkpoints",
+             "reference"}
 
 
 @dataclass
@@ -91,6 +105,7 @@ class Spec:
     report_k: int = 10
     keep_checkpoints: bool = False
     overrides: dict = field(default_factory=dict)
+    reference: str = None
 
 
 @dataclass
@@ -157,13 +172,27 @@ def spec_from_dict(raw, default_name="benchmark"):
     shared = raw.get("shared") or {}
     if not isinstance(shared, dict):
         raise BiFairInputError("Benchmark spec: shared must be a mapping of config keys.")
+    models = model_entries(raw.get("models"))
     return Spec(
-        name=name, datasets=datasets, seeds=[int(s) for s in seeds], shared=shared,
-        models=model_entries(raw.get("models")),
+        name=name, datasets=datasets, seeds=[int(s) for s in seeds], shared=shared, models=models,
         output_dir=raw.get("output_dir") or os.path.join("results", name),
         report_k=_report_k(raw.get("report_k") or 10),
         keep_checkpoints=bool(raw.get("keep_checkpoints", False)),
+        reference=_reference(raw.get("reference"), models),
     )
+
+
+def _reference(value, models):
+    """``reference``: None, or the display name of one of ``models``."""
+    if value is None:
+        return None
+    names = [entry.name for entry in models]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)  # a display name YAML reads as a number
+    if not isinstance(value, str) or value not in names:
+        raise BiFairInputError(f"Benchmark spec: reference {value!r} is not a model of the spec: give the "
+                               f"display name (`name`) of one of its models {names}.")
+    return value
 
 
 def model_entries(models):
@@ -258,10 +287,31 @@ def plan_runs(spec):
 def plan_run(spec, dataset, seed, entry):
     config = {**copy.deepcopy(spec.shared), **copy.deepcopy(entry.config), **copy.deepcopy(spec.overrides),
               "seed": seed}
-    identity = {"dataset": dataset, "model": entry.model, "seed": seed, "config": config}
+    identity = {"dataset": dataset, "model": entry.model, "seed": seed,
+                **resolved_identity(entry.model, dataset, config)}
     fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
     run_id = f"{_safe(dataset)}__{_safe(entry.name)}__seed{seed}"
     return RunPlan(dataset=dataset, seed=seed, entry=entry, config=config, run_id=run_id, fingerprint=fingerprint)
+
+
+def resolved_identity(model, dataset, config):
+    """What decides a run's result besides its seed: ``config`` over the plugin's defaults (the
+    values of every plugin YAML file layered under the run, merged as the plugin's ``Config``
+    merges them), and the plugin's and RecBole's versions. A run recorded before a default it
+    uses changed gets another fingerprint and is run again, not reused; a default it does not
+    load (the LLM keys, for a plain RecBole model) leaves it alone."""
+    import recbole
+
+    import recbole_bifair
+    from recbole_bifair.config import plugin_yaml_files
+    from recbole_bifair.model.llm_enhanced import split_family_name
+
+    defaults = {}
+    for path in plugin_yaml_files(model, split_family_name(model)[0], dataset):
+        with open(path, encoding="utf-8") as file:
+            defaults.update(yaml.safe_load(file) or {})
+    return {"config": {**defaults, **config},
+            "versions": {"recbole_bifair": recbole_bifair.__version__, "recbole": recbole.__version__}}
 
 
 def _safe(text):
@@ -384,7 +434,7 @@ def execute_run(spec, plan, label="", verbose=False):
     log_path = os.path.join(logs_dir, plan.run_id + ".log")
     _remove(outcome_path)
     request = {"model": plan.entry.model, "dataset": plan.dataset, "config": child_config(spec, plan),
-               "outcome": os.path.abspath(outcome_path)}
+               "outcome": os.path.abspath(outcome_path), "report_k": spec.report_k}
     started = time.perf_counter()
     returncode, tail = stream_child(request, log_path, label, verbose)
     outcome = _read_json(outcome_path) or {
@@ -466,9 +516,22 @@ def _read_json(path):
 
 
 def write_json_atomic(path, data):
-    """Write ``data`` as JSON to ``path`` through a temporary file and a rename."""
+    """Write ``data`` as JSON to ``path`` through a temporary file and a rename (indented, with
+    each list of numbers on one line, so that a record's per-user values stay compact)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    write_text_atomically(path, json.dumps(data, indent=2, default=_json_default))
+    write_text_atomically(path, json_text(data))
+
+
+# A list of numbers as json.dumps(indent=2) writes it: one element a line. A string never holds a
+# raw line break (JSON escapes it), so the pattern matches structure only.
+_NUMBER = r"-?\d[\d.eE+-]*"
+_NUMBER_LIST = re.compile(rf"\[\n\s*({_NUMBER}(?:,\n\s*{_NUMBER})*)\n\s*\]")
+
+
+def json_text(data):
+    """``data`` as indented JSON, lists of numbers on one line each."""
+    text = json.dumps(data, indent=2, default=_json_default)
+    return _NUMBER_LIST.sub(lambda m: "[" + ", ".join(re.split(r",\n\s*", m.group(1))) + "]", text)
 
 
 def _json_default(value):
@@ -491,11 +554,13 @@ def child_main():
     warnings.filterwarnings("ignore", category=FutureWarning)
     started = time.perf_counter()
     try:
-        from recbole_bifair.quick_start import run_recbole_bifair
+        from recbole_bifair import quick_start
 
-        result = run_recbole_bifair(model=request["model"], dataset=request["dataset"],
-                                    config_dict=request["config"], saved=True)
-        outcome = {"status": "ok", **result}
+        watch = EvaluationWatch(request.get("report_k"))
+        with watch.watching(quick_start):
+            result = quick_start.run_recbole_bifair(model=request["model"], dataset=request["dataset"],
+                                                    config_dict=request["config"], saved=True)
+        outcome = {"status": "ok", **watch.record_fields(result), **result}
     except Exception as error:
         traceback.print_exc()
         outcome = {"status": "failed", "error": f"{type(error).__name__}: {error}",
@@ -503,6 +568,130 @@ def child_main():
     outcome.update(run_seconds=time.perf_counter() - started, **peak_memory(), **device_of_run())
     write_json_atomic(request["outcome"], outcome)
     return 0 if outcome["status"] == "ok" else 1
+
+
+class EvaluationWatch:
+    """Keeps, from the trainer of a run, what its record needs beyond the result dict: the
+    epoch cap and early-stopping settings of the resolved config, and each test user's
+    NDCG@k, from the rows RecBole's evaluator gets when the run tests its model.
+
+    ``watching(quick_start)`` wraps ``quick_start.prepare_run`` for the run; the trainer's
+    ``evaluate``, collector and evaluator are wrapped, not changed: the metrics see the same
+    data. Only evaluations of the test split are kept (the model's test, then any other
+    evaluation of the split, e.g. the prior-fairness one); ``record_fields(result)`` takes the
+    one whose result dict is ``result["test_result"]``."""
+
+    def __init__(self, k):
+        self.k = k
+        self.config = None
+        self.dataset = None
+        self.test_evaluations = []  # (result dict, struct, user id of each row or None)
+        self._on_test_split = False
+        self._batch_users = []
+
+    @contextlib.contextmanager
+    def watching(self, quick_start):
+        prepare_run = quick_start.prepare_run
+
+        def prepare_and_watch(config):
+            prepared = prepare_run(config)
+            self.attach(config, prepared[0], prepared[-1], prepared[3])
+            return prepared
+
+        quick_start.prepare_run = prepare_and_watch
+        try:
+            yield self
+        finally:
+            quick_start.prepare_run = prepare_run
+
+    def attach(self, config, dataset, trainer, test_data):
+        self.config, self.dataset = config, dataset
+        collector, evaluator = getattr(trainer, "eval_collector", None), getattr(trainer, "evaluator", None)
+        if collector is None or evaluator is None:
+            getLogger().warning("Per-user test values not recorded: the trainer has no eval_collector/evaluator.")
+            return
+        evaluate_split, collect_batch, evaluate = trainer.evaluate, collector.eval_batch_collect, evaluator.evaluate
+        user_field = config["USER_ID_FIELD"]
+
+        def watched_evaluate_split(eval_data, *args, **kwargs):
+            self._on_test_split, self._batch_users = eval_data is test_data, []
+            try:
+                return evaluate_split(eval_data, *args, **kwargs)
+            finally:
+                self._on_test_split = False
+
+        def watched_collect_batch(scores_tensor, interaction, positive_u, positive_i):
+            if self._on_test_split:
+                users = interaction[user_field] if user_field in interaction else None
+                rows_are_users = users is not None and len(users) == len(scores_tensor)
+                self._batch_users.append(users.detach().cpu().numpy() if rows_are_users else None)
+            return collect_batch(scores_tensor, interaction, positive_u, positive_i)
+
+        def watched_evaluate(struct):
+            result = evaluate(struct)
+            if self._on_test_split:
+                batches, self._batch_users = self._batch_users, []
+                complete = bool(batches) and all(b is not None for b in batches)
+                self.test_evaluations.append((result, struct, np.concatenate(batches) if complete else None))
+            return result
+
+        trainer.evaluate = watched_evaluate_split
+        collector.eval_batch_collect = watched_collect_batch
+        evaluator.evaluate = watched_evaluate
+
+    def record_fields(self, result=None):
+        """``epochs_cap``, ``stopping_step``, ``eval_step`` and ``test_users`` (when it could be
+        computed; a problem here is logged, never fails the run)."""
+        fields = {}
+        if self.config is not None:
+            fields.update(epochs_cap=self.config["epochs"], stopping_step=self.config["stopping_step"],
+                          eval_step=self.config["eval_step"])
+        try:
+            users = self.test_users((result or {}).get("test_result"))
+        except Exception as error:  # bookkeeping only: the run's result stands without it
+            getLogger().warning(f"Per-user test values not recorded: {type(error).__name__}: {error}")
+            users = None
+        if users:
+            fields["test_users"] = users
+        return fields
+
+    def test_users(self, test_result=None):
+        """``{"k", "n", "users", "ndcg", "item_group"}`` of the evaluation that gave
+        ``test_result`` (else the first one of the test split): NDCG@k per test user and the
+        item group of the user's test positives (-1: several groups; absent without the
+        fairness metrics' group data), users sorted by token; ``users`` is a digest of that order."""
+        from recbole_bifair.evaluator.metrics import GROUP_POS
+
+        chosen = [e for e in self.test_evaluations if e[0] is test_result] or self.test_evaluations[:1]
+        if not chosen or not self.k:
+            return None
+        _, struct, user_ids = chosen[0]
+        if user_ids is None or "rec.topk" not in struct:
+            return None
+        topk = struct.get("rec.topk").numpy()
+        if self.k > topk.shape[1] - 1 or len(user_ids) != len(topk):
+            return None
+        ndcg = user_ndcg(topk[:, :-1].astype(bool), topk[:, -1], self.k)
+        tokens = np.asarray(self.dataset.id2token(self.config["USER_ID_FIELD"], user_ids)).astype(str)
+        order = np.argsort(tokens, kind="stable")
+        users = {"k": self.k, "n": len(order),
+                 "users": hashlib.sha256("\n".join(tokens[order]).encode()).hexdigest()[:16],
+                 "ndcg": [round(float(v), METRIC_DIGITS) for v in ndcg[order]]}
+        if GROUP_POS in struct:
+            positives = struct.get(GROUP_POS).numpy() > 0
+            group = np.where(positives.sum(axis=1) == 1, positives.argmax(axis=1), -1)
+            users["item_group"] = [int(g) for g in group[order]]
+        return users
+
+
+def user_ndcg(hits, positives, k):
+    """NDCG@k of each row, as RecBole's NDCG computes it: ``hits`` [n x K] (K >= k) whether
+    each top-K slot holds a positive, ``positives`` [n] the row's number of positives."""
+    discount = 1.0 / np.log2(np.arange(2, k + 2))
+    dcg = (hits[:, :k] * discount).sum(axis=1)
+    ideal = np.concatenate([[0.0], np.cumsum(discount)])[np.minimum(positives, k)]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(ideal > 0, dcg / np.where(ideal > 0, ideal, 1.0), 0.0)
 
 
 def peak_memory():
@@ -547,9 +736,16 @@ def device_of_run():
 PROVENANCE_COLUMNS = ("gpu", "cpu", "versions", "command", "finished_at")
 
 
+# Per-run columns of runs_frame that are neither metrics nor costs: the best epoch, whether
+# the run did not converge (None: unknown), the per-user test values (a dict).
+RUN_COLUMNS = ("best_epoch", "not_converged", "test_users", "valid_result")
+PRIOR_PREFIX = "prior_"
+
+
 def runs_frame(spec):
     """One row per recorded run of ``spec`` (its current config): dataset, name, model, seed,
-    status, error, then the test metrics and costs."""
+    status, error, best epoch, convergence, per-user test values, then the test metrics, the
+    prior recommender's metrics (``prior_E0_<metric>``, ``prior_E_<metric>``) and costs."""
     rows = []
     for plan in plan_runs(spec):
         record = load_record(spec, plan)
@@ -557,26 +753,84 @@ def runs_frame(spec):
             continue
         row = {"dataset": plan.dataset, "name": plan.entry.name, "model": plan.entry.model,
                "seed": plan.seed, "status": record.get("status"), "error": record.get("error"),
-               **{key: record.get(key) for key in PROVENANCE_COLUMNS}}
+               **{key: record.get(key) for key in PROVENANCE_COLUMNS}, **dict.fromkeys(RUN_COLUMNS)}
         if record.get("status") == "ok":
+            row.update(best_epoch=record.get("best_epoch"), not_converged=not_converged(record),
+                       test_users=record.get("test_users"),
+                       valid_result=record.get("best_valid_result") or {})
             row.update(record.get("test_result") or {})
+            row.update(prior_columns(record.get("prior_fairness")))
             row.update({key: record.get(key) for key in COST_DIGITS if record.get(key) is not None})
         rows.append(row)
     return pd.DataFrame(rows)
 
 
+def prior_columns(prior_fairness):
+    """``{"E0": {metric: v}, "E": {...}}`` -> ``{"prior_E0_<metric>": v, "prior_E_<metric>": v}``."""
+    if not isinstance(prior_fairness, dict):
+        return {}
+    return {f"{PRIOR_PREFIX}{stage}_{metric}": value for stage, metrics in prior_fairness.items()
+            if isinstance(metrics, dict) for metric, value in metrics.items()}
+
+
+def not_converged(record):
+    """Whether a finished run stopped without converging: its best epoch is the epoch cap, or
+    it trained up to the cap without early stopping. None when the record cannot tell (no
+    ``best_epoch``, e.g. an older record, or no epoch cap)."""
+    best = record.get("best_epoch")
+    config = record.get("config") or {}
+    cap = record.get("epochs_cap", config.get("epochs"))
+    if not _is_number(best) or not _is_number(cap):
+        return None
+    if best >= cap:
+        return True
+    trained = record.get("epochs")
+    if not _is_number(trained) or trained < cap:
+        return False
+    stopping_step = record.get("stopping_step", config.get("stopping_step"))
+    return not early_stopping_fired(record.get("valid_scores"), stopping_step,
+                                    record.get("valid_score_bigger", True))
+
+
+def early_stopping_fired(valid_scores, stopping_step, bigger=True):
+    """Whether RecBole's early stopping (``recbole.utils.early_stopping``: a score equal to the
+    best counts as an improvement; stop after more than ``stopping_step`` validations without
+    one) stopped training at one of ``valid_scores`` ([[epoch, score], ...]). False when the
+    scores or ``stopping_step`` are unknown."""
+    if not valid_scores or not _is_number(stopping_step):
+        return False
+    best, steps = None, 0
+    for _, score in valid_scores:
+        if best is None or (score >= best if bigger else score <= best):
+            best, steps = score, 0
+        else:
+            steps += 1
+            if steps > stopping_step:
+                return True
+    return False
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not pd.isna(value)
+
+
 def metric_columns(runs):
-    """Test metric columns in result order, then the cost columns."""
-    fixed = {"dataset", "name", "model", "seed", "status", "error", *PROVENANCE_COLUMNS}
+    """Test metric columns in result order (then the prior recommender's), then the cost
+    columns."""
+    fixed = {"dataset", "name", "model", "seed", "status", "error", *PROVENANCE_COLUMNS, *RUN_COLUMNS}
     metrics = [c for c in runs.columns if c not in fixed and c not in COST_DIGITS]
     costs = [c for c in COST_DIGITS if c in runs.columns and runs[c].notna().any()]
     return metrics + costs
 
 
 def summary_table(runs, spec):
-    """Per model (spec order): status, seeds, then ``<metric>_mean`` / ``<metric>_std``
-    (sample std over seeds, ddof=1) for every metric and cost."""
+    """Per model (spec order): status, seeds, the best epoch (``best_epoch_mean``,
+    ``best_epochs`` per seed, ``not_converged`` runs and their seeds), then ``<metric>_mean`` /
+    ``<metric>_std`` (sample std over seeds, ddof=1) for every metric and cost; with a
+    ``reference``, ``<metric>_p``, ``<metric>_vs_reference`` (better, worse, not significant)
+    and ``<metric>_test`` for the metrics of :func:`compared_metrics`."""
     columns = metric_columns(runs)
+    comparisons = compare_to_reference(runs, spec)
     rows = []
     for entry in spec.models:
         model_runs = runs[runs["name"] == entry.name]
@@ -585,12 +839,186 @@ def summary_table(runs, spec):
         ok = model_runs[model_runs["status"] == "ok"]
         values = ok[columns].apply(pd.to_numeric, errors="coerce")
         row = {"name": entry.name, "model": entry.model, "status": _status_text(model_runs, len(spec.seeds)),
-               "seeds": len(ok)}
+               "seeds": len(ok), **best_epoch_summary(ok)}
         for column in columns:
             row[f"{column}_mean"] = values[column].mean()
             row[f"{column}_std"] = values[column].std(ddof=1)
+        for metric, comparison in comparisons.get(entry.name, {}).items():
+            row.update({f"{metric}_p": comparison.p, f"{metric}_vs_reference": comparison.verdict,
+                        f"{metric}_test": comparison.test})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+NOT_AVAILABLE = "n/a"
+
+
+def best_epochs_of(ok_runs):
+    """[(seed, best epoch or None, not converged: True/False/None)] of a model's finished runs,
+    in seed order."""
+    values = []
+    for _, run in ok_runs.iterrows():
+        epoch = pd.to_numeric(run.get("best_epoch"), errors="coerce")
+        flag = run.get("not_converged")
+        values.append((run["seed"], None if pd.isna(epoch) else int(epoch), None if pd.isna(flag) else bool(flag)))
+    return values
+
+
+def best_epoch_summary(ok_runs):
+    """``best_epoch_mean``, ``best_epochs`` ("9 / 12 / n/a", seed order), ``not_converged``
+    (number of runs) and ``not_converged_seeds`` ("2020, 2022") of a model's finished runs."""
+    values = best_epochs_of(ok_runs)
+    epochs = [epoch for _, epoch, _ in values if epoch is not None]
+    flagged = [str(seed) for seed, _, flag in values if flag]
+    return {"best_epoch_mean": float(np.mean(epochs)) if epochs else float("nan"),
+            "best_epochs": " / ".join(NOT_AVAILABLE if e is None else str(e) for _, e, _ in values),
+            "not_converged": len(flagged), "not_converged_seeds": ", ".join(flagged)}
+
+
+def best_epoch_cell(ok_runs):
+    """``10.3 (9 / 12‡ / 10)``: mean best epoch over the seeds, then each seed's (n/a for a record
+    without one), ‡ on a run that did not converge; ``n/a`` when no run has one."""
+    values = best_epochs_of(ok_runs)
+    epochs = [epoch for _, epoch, _ in values if epoch is not None]
+    if not epochs:
+        return NOT_AVAILABLE
+    per_seed = " / ".join(NOT_AVAILABLE if e is None else f"{e}{NOT_CONVERGED_MARK if flag else ''}"
+                          for _, e, flag in values)
+    return per_seed if len(values) == 1 else f"{np.mean(epochs):.1f} ({per_seed})"
+
+
+# ---- significance against the reference -------------------------------------------------
+
+SIGNIFICANCE_LEVEL = 0.05
+BETTER_MARK, WORSE_MARK, NOT_CONVERGED_MARK = "*", "†", "‡"
+SMALLER_IS_BETTER = ("ndcggap",)
+
+
+@dataclass
+class Comparison:
+    """A model against the reference on one metric: two-sided p-value of a paired t-test (NaN:
+    no test), the mean difference model - reference over the pairs, and the test in words."""
+    p: float
+    difference: float
+    test: str
+    bigger_is_better: bool = True
+
+    @property
+    def significant(self):
+        return not pd.isna(self.p) and self.p < SIGNIFICANCE_LEVEL
+
+    @property
+    def verdict(self):
+        if pd.isna(self.p):
+            return ""
+        if not self.significant:
+            return "not significant"
+        return "better" if (self.difference > 0) == self.bigger_is_better else "worse"
+
+
+def compared_metrics(columns, k):
+    """(over users, over seeds): the metrics compared with the reference. NDCG@k and the
+    per-group NDCG@k are means over test users; the NDCG@k gap and worst group are group-level."""
+    per_group = re.compile(rf"^groupndcg@{k}_g(\d+)$")
+    groups = sorted((int(m.group(1)), m.group(0)) for m in map(per_group.match, columns) if m)
+    per_user = [m for m in [f"ndcg@{k}"] if m in columns] + [name for _, name in groups]
+    return per_user, [m for m in (f"ndcggap@{k}", f"ndcgworst@{k}") if m in columns]
+
+
+def compare_to_reference(runs, spec):
+    """``{model name: {metric: Comparison}}`` for every model but the reference (none without
+    a ``reference`` or finished reference runs). Over users (NDCG@k, per-group NDCG@k): paired
+    t-test over the test users of each user's NDCG@k averaged over the seeds both models share,
+    when both models' records hold the per-user values of the same users; otherwise, and for
+    the group-level metrics (gap, worst group), paired t-test over the shared seeds."""
+    if not spec.reference or runs.empty:
+        return {}
+    ok = runs[runs["status"] == "ok"]
+    reference = ok[ok["name"] == spec.reference].set_index("seed")
+    if reference.empty:
+        return {}
+    per_user, per_seed = compared_metrics(metric_columns(runs), spec.report_k)
+    comparisons = {}
+    for entry in spec.models:
+        model = ok[ok["name"] == entry.name].set_index("seed")
+        if entry.name == spec.reference or model.empty:
+            continue
+        shared = [seed for seed in model.index if seed in reference.index]
+        users = paired_user_values(model, reference, shared, spec.report_k)
+        found = {}
+        for metric in per_user + per_seed:
+            bigger = metric.split("@")[0] not in SMALLER_IS_BETTER
+            found[metric] = (_user_comparison(metric, users, bigger) if metric in per_user else None) or \
+                _seed_comparison(model.loc[shared, metric], reference.loc[shared, metric], bigger)
+        comparisons[entry.name] = found
+    return comparisons
+
+
+def paired_user_values(model, reference, seeds, k):
+    """(model's, reference's per-user NDCG@k averaged over the seeds, item group per user or
+    None, seeds used) from the ``test_users`` of both models' runs of ``seeds`` that cover the
+    same users at cut-off ``k``; None when no seed has them."""
+    pairs = []
+    for seed in seeds:
+        a, b = model.at[seed, "test_users"], reference.at[seed, "test_users"]
+        if not (isinstance(a, dict) and isinstance(b, dict) and a.get("k") == k == b.get("k")):
+            continue
+        if a.get("users") != b.get("users") or len(a.get("ndcg", [])) != len(b.get("ndcg", [])):
+            continue
+        if pairs and a.get("users") != pairs[0][0].get("users"):
+            continue  # another user set than the first seed's (a changed split): not averaged together
+        pairs.append((a, b))
+    if not pairs:
+        return None
+    model_values = np.mean([np.asarray(a["ndcg"], dtype=float) for a, _ in pairs], axis=0)
+    reference_values = np.mean([np.asarray(b["ndcg"], dtype=float) for _, b in pairs], axis=0)
+    groups = [tuple(record.get("item_group") or ()) for pair in pairs for record in pair]
+    same_groups = groups[0] and len(groups[0]) == len(model_values) and all(g == groups[0] for g in groups)
+    return model_values, reference_values, np.asarray(groups[0]) if same_groups else None, len(pairs)
+
+
+def _user_comparison(metric, users, bigger):
+    """The over-users comparison of NDCG@k or of NDCG@k within one item group (users whose
+    test positives all lie in it); None when the per-user values cannot give it."""
+    if users is None:
+        return None
+    model_values, reference_values, groups, n_seeds = users
+    if metric.startswith("groupndcg@"):
+        # A group's NDCG is the mean over its users of their NDCG only when each user's
+        # positives lie in one group (-1 marks a user whose positives span several).
+        if groups is None or (groups < 0).any():
+            return None
+        chosen = groups == int(metric.rsplit("_g", 1)[1])
+        model_values, reference_values = model_values[chosen], reference_values[chosen]
+    return _paired_t_test(model_values, reference_values, bigger,
+                          f"paired t-test over {len(model_values)} users ({_seeds_text(n_seeds)})")
+
+
+def _seed_comparison(model_values, reference_values, bigger):
+    values = pd.DataFrame({"model": pd.to_numeric(model_values, errors="coerce"),
+                           "reference": pd.to_numeric(reference_values, errors="coerce")}).dropna()
+    return _paired_t_test(values["model"].to_numpy(), values["reference"].to_numpy(), bigger,
+                          f"paired t-test over {len(values)} shared seeds")
+
+
+def _paired_t_test(model_values, reference_values, bigger, test):
+    """Two-sided paired t-test (scipy.stats.ttest_rel); p is NaN with fewer than 2 pairs or
+    when every pair is equal."""
+    import warnings
+
+    from scipy import stats
+
+    difference = float(np.mean(model_values - reference_values)) if len(model_values) else float("nan")
+    if len(model_values) < 2:
+        return Comparison(float("nan"), difference, f"no test: {test}", bigger)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        p = float(stats.ttest_rel(model_values, reference_values).pvalue)
+    return Comparison(p, difference, test, bigger)
+
+
+def _seeds_text(n_seeds):
+    return "1 seed" if n_seeds == 1 else f"mean of {n_seeds} seeds"
 
 
 def _status_text(model_runs, n_seeds):
@@ -617,18 +1045,41 @@ def headline_metrics(columns, k):
     return [f"{name}@{k}" for name in HEADLINE_METRICS if f"{name}@{k}" in columns]
 
 
-def markdown_tables(table, columns, k):
-    """The headline table (models x main metrics and costs) and the full table (metrics x models)."""
-    shown = headline_metrics(columns, k) + [c for c in COST_DIGITS if c in columns and c != "wall_seconds"]
+def prior_headline_columns(columns, k):
+    """The prior recommender's NDCG@k and gap, before (E0) and after (E) training, that ``columns`` has."""
+    return [f"{PRIOR_PREFIX}{stage}_{metric}@{k}" for stage in ("E0", "E") for metric in ("ndcg", "ndcggap")
+            if f"{PRIOR_PREFIX}{stage}_{metric}@{k}" in columns]
+
+
+def markdown_tables(table, columns, k, best_epochs=None, reference=None):
+    """The headline table (models x main metrics, best epoch, prior columns, costs), the
+    per-group NDCG@k table (models x item groups; empty without per-group metrics) and the full
+    table (metrics x models); means that differ significantly from the reference's carry its
+    mark. ``best_epochs``: the best-epoch cell of each model name."""
+    shown = (headline_metrics(columns, k) + prior_headline_columns(columns, k)
+             + [c for c in COST_DIGITS if c in columns and c != "wall_seconds"])
+    names = [f"{name} (reference)" if name == reference else name for name in table["name"]]
     headline = pd.DataFrame({
-        "model": table["name"], "status": table["status"].map(_markdown_safe), "seeds": table["seeds"],
-        **{c: [format_cell(m, s, _digits(c)) for m, s in zip(table[f"{c}_mean"], table[f"{c}_std"])]
-           for c in shown}})
-    full = pd.DataFrame(
-        {name: [format_cell(row[f"{c}_mean"], row[f"{c}_std"], _digits(c)) for c in columns]
-         for name, (_, row) in zip(table["name"], table.iterrows())}, index=columns)
+        "model": names, "status": table["status"].map(_markdown_safe), "seeds": table["seeds"],
+        "best epoch": [(best_epochs or {}).get(name, NOT_AVAILABLE) for name in table["name"]],
+        **{c: [_marked_cell(row, c) for _, row in table.iterrows()] for c in shown}})
+    groups = group_columns(table, k)
+    per_group = pd.DataFrame({"model": names, **{f"g{g.rsplit('_g', 1)[1]}": [
+        _marked_cell(row, g) for _, row in table.iterrows()] for g in groups}})
+    full = pd.DataFrame({name: [_marked_cell(row, c) for c in columns]
+                         for name, (_, row) in zip(names, table.iterrows())}, index=columns)
     full.index.name = "metric"
-    return headline.to_markdown(index=False, disable_numparse=True), full.to_markdown(disable_numparse=True)
+    return (headline.to_markdown(index=False, disable_numparse=True),
+            per_group.to_markdown(index=False, disable_numparse=True) if groups else "",
+            full.to_markdown(disable_numparse=True))
+
+
+def _marked_cell(row, column):
+    """``mean ± std`` of a summary-table row, with ``*`` / ``†`` when it is significantly better /
+    worse than the reference's."""
+    text = format_cell(row[f"{column}_mean"], row[f"{column}_std"], _digits(column))
+    mark = {"better": BETTER_MARK, "worse": WORSE_MARK}.get(row.get(f"{column}_vs_reference"), "")
+    return f"{text} {mark}" if text and mark else text
 
 
 def _digits(column):
@@ -667,7 +1118,10 @@ def write_reports(spec, command=""):
 
 
 def markdown_report(spec, dataset, table, columns, runs, command, plots, plot_notes):
-    headline, full = markdown_tables(table, columns, spec.report_k)
+    ok = runs[runs["status"] == "ok"]
+    best_epochs = {entry.name: best_epoch_cell(ok[ok["name"] == entry.name]) for entry in spec.models}
+    reference = spec.reference if spec.reference in set(table["name"]) else None
+    headline, per_group, full = markdown_tables(table, columns, spec.report_k, best_epochs, reference)
     finished = sorted(runs["finished_at"].dropna()) if "finished_at" in runs else []
     gpus = _distinct(runs, "gpu")
     lines = [
@@ -680,7 +1134,17 @@ def markdown_report(spec, dataset, table, columns, runs, command, plots, plot_no
         "", "Shared settings" + (" (with the command's --set overrides):" if spec.overrides else ":"), "",
         "```yaml", yaml.safe_dump({**spec.shared, **spec.overrides}, sort_keys=False).rstrip(), "```", "",
         f"## Main results (@{spec.report_k})", "", headline, "",
+        *convergence_notes(table, runs), *significance_notes(table, spec, columns),
+        *prior_notes(columns, spec.report_k),
     ]
+    if per_group:
+        lines += [f"## NDCG@{spec.report_k} per item group", "", per_group, ""]
+    validation = validation_table(ok, spec)
+    if validation:
+        lines += [f"## Validation split (@{spec.report_k}): where settings are chosen", "",
+                  "The model each run tests is its best epoch on valid; these are its valid values, "
+                  "mean ± std over the seeds. Choose settings on these, never on the test tables.", "",
+                  validation, ""]
     lines += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots]
     lines += [f"_{note}_" for note in plot_notes]
     lines += ["", "## All test metrics", "", full, ""]
@@ -688,6 +1152,100 @@ def markdown_report(spec, dataset, table, columns, runs, command, plots, plot_no
 
 
 NOT_RECORDED = "not recorded in the run records"
+
+
+def validation_table(ok_runs, spec):
+    """Markdown: per model, the validation NDCG@k, gap, worst group and per-group NDCG@k of the
+    tested (best-epoch) model, mean ± std over the seeds; empty without validation results."""
+    k = spec.report_k
+    rows = []
+    for entry in spec.models:
+        results = [r for r in ok_runs.loc[ok_runs["name"] == entry.name, "valid_result"] if r]
+        if not results:
+            continue
+        keys = [f"ndcg@{k}", f"ndcggap@{k}", f"ndcgworst@{k}"]
+        keys += sorted((key for key in results[0] if key.startswith(f"groupndcg@{k}_g")),
+                       key=lambda key: int(key.rsplit("_g", 1)[1]))
+        row = {"model": entry.name, "seeds": len(results)}
+        for key in keys:
+            values = pd.Series([r.get(key) for r in results], dtype=float)
+            label = key.replace(f"groupndcg@{k}_", "") if key.startswith("groupndcg@") else key
+            row[label] = format_cell(values.mean(), values.std() if len(values) > 1 else float("nan"))
+        rows.append(row)
+    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True) if rows else ""
+
+
+def convergence_notes(table, runs):
+    """The footnote of the best-epoch column: what it is, the runs that did not converge."""
+    ok = runs[runs["status"] == "ok"]
+    if ok.empty:
+        return []
+    lines = ["- best epoch: the epoch whose model is tested (the best validation score; epochs counted "
+             "from 1), mean over the seeds, then each seed's; n/a: the record has no best epoch (written "
+             "before best epochs were recorded)."]
+    flagged = [f"{row['name']} (seed{'s' if row['not_converged'] > 1 else ''} {row['not_converged_seeds']})"
+               for _, row in table.iterrows() if row.get("not_converged", 0)]
+    if flagged:
+        lines.append(f"- {NOT_CONVERGED_MARK} not converged: the best epoch is the epoch cap (`epochs`), or "
+                     f"training ran up to the cap without early stopping; train longer to report these runs at "
+                     f"convergence: {', '.join(flagged)}.")
+    elif ok["best_epoch"].notna().any():
+        lines.append(f"- No run is flagged {NOT_CONVERGED_MARK} (not converged): each run with a best epoch "
+                     f"stopped early before its epoch cap.")
+    return lines + [""]
+
+
+def significance_notes(table, spec, columns):
+    """The legend of the significance marks: reference, threshold, and which test each metric got."""
+    if not spec.reference:
+        return []
+    reference = table[table["name"] == spec.reference]
+    if reference.empty or reference["seeds"].iloc[0] == 0:
+        return [f"- No significance marks: the reference {spec.reference} has no finished run.", ""]
+    k = spec.report_k
+    lines = [f"- `{BETTER_MARK}` / `{WORSE_MARK}`: significantly better / worse than the reference "
+             f"{spec.reference} (two-sided paired t-test, p < {SIGNIFICANCE_LEVEL}, scipy.stats.ttest_rel; "
+             f"each comparison on its own, without correction for multiple comparisons; the p-values are "
+             f"in the CSV as `<metric>_p`). The tests:"]
+    descriptions = {
+        "users": f"over the test users, each user's NDCG@{k} averaged over the seeds both models share "
+                 f"(for a group: the users whose test positives are in it)",
+        "seeds": "over the seeds both models share (the gap and the worst group are computed over item "
+                 "groups, not means over users; other metrics only where the records hold no per-user values)",
+        "none": "not tested (fewer than 2 pairs)"}
+    per_user, per_seed = compared_metrics(columns, k)
+    compared = [name for name, seeds in zip(table["name"], table["seeds"]) if name != spec.reference and seeds]
+    for kind, description in descriptions.items():
+        items = {}
+        for metric in per_user + per_seed:
+            tests = table.set_index("name").get(f"{metric}_test")
+            if tests is None:
+                continue
+            models = tuple(name for name in compared if _test_kind(tests.get(name)) == kind)
+            if models:
+                label = f"NDCG@{k} per item group" if metric.startswith("groupndcg@") else metric
+                items.setdefault((label, models), None)
+        if items:
+            shown = [label if models == tuple(compared) else f"{label} ({', '.join(models)})"
+                     for label, models in items]
+            lines.append(f"  - {description}: {'; '.join(shown)}")
+    return lines + [""]
+
+
+def _test_kind(test):
+    if not isinstance(test, str) or not test:
+        return None
+    if test.startswith("no test"):
+        return "none"
+    return "users" if " users" in test else "seeds"
+
+
+def prior_notes(columns, k):
+    if not prior_headline_columns(columns, k):
+        return []
+    return [f"- prior_E0_* / prior_E_*: a training-free cosine recommender over the model's LLM item "
+            f"table before (E0) and after (E) training (the record's `prior_fairness`); a smaller "
+            f"prior_E_ndcggap@{k} than prior_E0_ndcggap@{k} means the learned table is fairer.", ""]
 
 
 def _command_lines(run_commands, report_command, shown=3):

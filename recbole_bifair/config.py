@@ -16,7 +16,8 @@ class Config(RecBoleConfig):
 
     Internal configuration, lowest priority first: RecBole's ``overall.yaml``, the backbone's
     ``<Backbone>.yaml``, RecBole's dataset and quick-start YAMLs, then the plugin's
-    ``overall.yaml``, ``dataset/<dataset>.yaml``, ``model/GroupFair.yaml`` (group-aware
+    ``overall.yaml``, ``dataset/<dataset>.yaml``, ``llm.yaml`` (the plugin's families: the LLM
+    item representations), ``model/GroupFair.yaml`` (group-aware
     families), ``model/<Family>.yaml``, ``model/<Backbone>.yaml`` (the backbone's LLM settings,
     e.g. ``llm_item_tables``, shared by all families) and ``model/<Model>.yaml``. Config files,
     ``config_dict`` and ``--key=value`` override all of them, as in RecBole.
@@ -105,6 +106,8 @@ def plugin_yaml_files(model, family, dataset):
     """The plugin's YAML files that exist for ``model`` and ``dataset``, lowest priority first."""
     root = properties_dir()
     candidates = [os.path.join(root, "overall.yaml"), os.path.join(root, "dataset", dataset + ".yaml")]
+    if family is not None:
+        candidates.append(os.path.join(root, "llm.yaml"))
     if family in GROUP_FAIR_FAMILIES:
         candidates.append(os.path.join(root, "model", "GroupFair.yaml"))
     if family is not None:

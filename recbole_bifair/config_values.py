@@ -21,6 +21,16 @@ def choice(config, key, allowed):
     return value
 
 
+def flag(config, key, default=False):
+    """``config[key]`` as a boolean (``default`` when it is unset)."""
+    value = config[key]
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise BiFairInputError(f"{key} must be True or False; got {value!r}.")
+    return value
+
+
 def positive_int(config, key, default=None):
     """``config[key]`` as an integer >= 1 (``default`` when it is unset)."""
     value = config[key]
@@ -28,6 +38,16 @@ def positive_int(config, key, default=None):
         return default
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise BiFairInputError(f"{key} must be a positive integer; got {value!r}.")
+    return value
+
+
+def non_negative_int(config, key, default=0):
+    """``config[key]`` as an integer >= 0 (``default`` when it is unset)."""
+    value = config[key]
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BiFairInputError(f"{key} must be an integer >= 0; got {value!r}.")
     return value
 
 

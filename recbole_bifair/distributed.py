@@ -142,6 +142,8 @@ class SyncedBalancer:
         self.balancer.update(*reduce_group_statistics(group_losses, counts, group_gradients))
 
     def __getattr__(self, name):
+        if name == "balancer":  # not set yet: while copy or pickle rebuilds the object
+            raise AttributeError(name)
         return getattr(self.balancer, name)
 
 

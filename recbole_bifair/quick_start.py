@@ -89,7 +89,11 @@ def _run_rank(local_rank, model, dataset, config_file_list, config_dict, saved, 
 def run_recbole_bifair(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True, queue=None):
     """Train and test ``model`` on ``dataset``; returns RecBole's result dict
     (``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``, ``test_result``)
-    plus ``train_epoch_seconds`` (mean wall time of a training epoch) and ``epochs``.
+    plus ``train_epoch_seconds`` (mean wall time of a training epoch), ``epochs`` (trained),
+    ``valid_scores`` (``[epoch, score]`` per validation), ``best_epoch`` (the epoch whose model
+    was tested), for LLM-enhanced models ``prior_fairness`` (the cosine recommender over ``E0``
+    and the learned ``E``), and for BiFair ``hypergradient_diagnostics`` (per epoch: the
+    second-order share of the hypergradient and its cosine to the direct part).
     In a multi-process run (``run``), rank 0 also puts it on ``queue``."""
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
     init_seed(config["seed"], config["reproducibility"])
@@ -105,6 +109,7 @@ def run_recbole_bifair(model=None, dataset=None, config_file_list=None, config_d
     logger.info(set_color("FLOPs", "blue") + f": {flops}")
 
     epoch_seconds = time_training_epochs(trainer)
+    valid_scores = record_valid_scores(trainer, epoch_seconds)
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
@@ -120,7 +125,18 @@ def run_recbole_bifair(model=None, dataset=None, config_file_list=None, config_d
         "test_result": test_result,
         "train_epoch_seconds": sum(epoch_seconds) / max(len(epoch_seconds), 1),
         "epochs": len(epoch_seconds),
+        "valid_scores": valid_scores,
+        "best_epoch": best_epoch(valid_scores, config["valid_metric_bigger"]),
     }
+    if getattr(trainer, "diagnostics", None):
+        result["hypergradient_diagnostics"] = trainer.diagnostics
+    if test_data and hasattr(model, "llm_item_embeddings") and model.llm_item_embeddings() and uses_item_groups(config):
+        # prior unfairness [ours]: the cosine recommender over E0 / E, evaluated as the model was
+        from recbole_bifair.evaluator import format_prior_fairness, prior_fairness
+
+        result["prior_fairness"] = prior_fairness(
+            model, trainer, test_data, train_data=train_data, show_progress=config["show_progress"])
+        logger.info(format_prior_fairness(result["prior_fairness"]))
     if not config["single_spec"]:
         if config["local_rank"] + config["offset"] == 0 and queue is not None:
             queue.put(result)
@@ -142,6 +158,31 @@ def time_training_epochs(trainer):
 
     trainer._train_epoch = timed_train_epoch
     return seconds
+
+
+def record_valid_scores(trainer, epoch_seconds):
+    """A list that receives ``[epoch, valid score]`` for each validation of ``trainer``
+    (epochs counted from 1, including those of a resumed checkpoint)."""
+    scores = []
+    valid_epoch = trainer._valid_epoch
+
+    def recorded_valid_epoch(*args, **kwargs):
+        score, result = valid_epoch(*args, **kwargs)
+        scores.append([trainer.start_epoch + len(epoch_seconds), float(score)])
+        return score, result
+
+    trainer._valid_epoch = recorded_valid_epoch
+    return scores
+
+
+def best_epoch(valid_scores, bigger=True):
+    """The epoch whose model RecBole keeps: the last one with the best valid score (RecBole's
+    early stopping counts a tie as an improvement and saves again); None without validation."""
+    if not valid_scores:
+        return None
+    best = max if bigger else min
+    target = best(score for _, score in valid_scores)
+    return [epoch for epoch, score in valid_scores if score == target][-1]
 
 
 def objective_function(config_dict=None, config_file_list=None, saved=True):

@@ -1,6 +1,7 @@
 """The benchmark harness on the tiny dataset: runs in their own processes, a failing run reported
 while the others finish, resume without repeating finished runs, tables and CSV checked
-against the runs' own result dicts, plots (or the note that they were skipped)."""
+against the runs' own result dicts, plots (or the note that they were skipped). The convergence
+and significance columns are checked on fabricated run records (no training)."""
 import importlib.util
 import json
 import logging
@@ -74,6 +75,16 @@ def test_every_run_is_recorded_and_the_failure_does_not_stop_the_others(finished
         assert record["epochs"] == 1 and record["train_epoch_seconds"] > 0
         assert record["peak_rss_mb"] > 50
         assert "ndcg@10" in record["test_result"]
+        assert record["best_epoch"] == 1 and record["epochs_cap"] == 1
+        # the per-user NDCG@10 of the test split give the run's own NDCG@10 and per-group NDCG@10
+        users = record["test_users"]
+        ndcg, groups = np.array(users["ndcg"]), np.array(users["item_group"])
+        assert users["k"] == 10 and users["n"] == len(ndcg) == len(groups) > 10
+        assert ndcg.mean() == pytest.approx(record["test_result"]["ndcg@10"], abs=1e-3)
+        for group in set(groups):
+            assert ndcg[groups == group].mean() == pytest.approx(
+                record["test_result"][f"groupndcg@10_g{group}"], abs=1e-3)
+    assert len({run_record(output, run_id)["test_users"]["users"] for run_id in RUN_IDS}) == 1
     for run_id in BROKEN_IDS:
         record = run_record(output, run_id)
         assert record["status"] == "failed"
@@ -102,6 +113,9 @@ def test_table_and_csv_hold_mean_and_std_over_seeds(finished):
             assert table.loc[model, f"{metric}_std"] == pytest.approx(std, abs=1e-9)
         ndcg = [r["test_result"]["ndcg@10"] for r in records]
         assert f"{np.mean(ndcg):.4f} ± {np.std(ndcg, ddof=1):.4f}" in markdown
+        # epochs: 1 is the cap: every run's best epoch is the last one allowed
+        assert table.loc[model, "best_epochs"] == "1 / 1" and table.loc[model, "not_converged"] == 2
+        assert markdown_rows(markdown, "## Main results")[model]["best epoch"] == "1.0 (1‡ / 1‡)"
     for header in ("- runs made by: `python -m recbole_bifair.benchmark", "- machine:", "- versions: torch",
                    "- runs finished: 20", "recbole 1.2.1"):
         assert header in markdown
@@ -264,3 +278,330 @@ def test_parallel_gpu_script_runs_every_job_and_reports_failures(tmp_path):
     assert (f'- runs made by: `OUTPUT={output} SPEC=benchmarks/tiny.yaml MODELS="SASRec NoSuchModel" '
             f'SEEDS="2020 2021" bash benchmarks/ml-1m-gpu.sh --set epochs=1`') in markdown
     assert "unknown model(s)" in open(os.path.join(output, "logs", "harness_NoSuchModel_2020.txt")).read()
+
+
+# ---- convergence, significance and prior columns, on fabricated records ------------------------
+
+def markdown_rows(markdown, heading):
+    """{first cell: {column: cell}} of the first table after the line starting with ``heading``."""
+    lines = markdown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(heading))
+    table = []
+    for line in lines[start + 1:]:
+        if line.startswith("|"):
+            table.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+        elif table:
+            break
+    header, rows = table[0], table[2:]
+    return {row[0]: dict(zip(header, row)) for row in rows}
+
+
+def fabricated_spec(tmp_path, models, seeds=(2020, 2021, 2022), **changes):
+    """The tiny spec with ``models`` (display names of SASRec runs) and ``seeds``, in tmp_path."""
+    entries = [{"name": name, "model": "SASRec"} for name in models]
+    path = write_spec(str(tmp_path), models=entries, seeds=list(seeds), **changes)
+    return benchmark.load_spec(path, output_dir=str(tmp_path / "out"))
+
+
+def write_records(spec, fields_of):
+    """A finished record for every run of ``spec`` for which ``fields_of(name, seed)`` gives a
+    dict (None: no record), on top of the fingerprint and identity of its plan."""
+    for plan in benchmark.plan_runs(spec):
+        fields = fields_of(plan.entry.name, plan.seed)
+        if fields is not None:
+            record = {"run_id": plan.run_id, "fingerprint": plan.fingerprint, "status": "ok",
+                      "dataset": plan.dataset, "name": plan.entry.name, "seed": plan.seed,
+                      "config": plan.config, "epochs": 1, "train_epoch_seconds": 1.0, **fields}
+            benchmark.write_json_atomic(benchmark.record_path(spec, plan), record)
+
+
+def report(spec):
+    benchmark.write_reports(spec)
+    markdown = open(os.path.join(spec.output_dir, "tiny.md"), encoding="utf-8").read()
+    return markdown, pd.read_csv(os.path.join(spec.output_dir, "tiny.csv")).set_index("name")
+
+
+def descending(best, epochs, step=0.01):
+    """Valid scores rising up to epoch ``best``, then falling until ``epochs``."""
+    return [[e, round(0.1 + step * (e if e <= best else 2 * best - e), 4)] for e in range(1, epochs + 1)]
+
+
+def test_best_epoch_column_and_not_converged_flag(tmp_path):
+    spec = fabricated_spec(tmp_path, ["Early", "Capped", "Old"])
+    runs = {  # (best epoch, epochs trained); cap 20, early stopping after more than 2 worse validations
+        ("Early", 2020): (9, 12), ("Early", 2021): (12, 15), ("Early", 2022): (10, 13),
+        ("Capped", 2020): (20, 20),   # best epoch = the cap
+        ("Capped", 2021): (15, 20),   # 5 worse validations at the cap, but stopping_step is 10 here
+    }
+
+    def fields(name, seed):
+        if name == "Old" or (name, seed) == ("Capped", 2022):
+            return {"test_result": {"ndcg@10": 0.1}}  # a record from before best epochs were recorded
+        best, trained = runs[(name, seed)]
+        stopping_step = 10 if name == "Capped" else 2
+        return {"test_result": {"ndcg@10": 0.1}, "best_epoch": best, "epochs": trained, "epochs_cap": 20,
+                "stopping_step": stopping_step, "valid_scores": descending(best, trained),
+                "valid_score_bigger": True}
+
+    write_records(spec, fields)
+    markdown, table = report(spec)
+    cells = {name: row["best epoch"] for name, row in markdown_rows(markdown, "## Main results").items()}
+    assert cells == {"Early": "10.3 (9 / 12 / 10)", "Capped": "17.5 (20‡ / 15‡ / n/a)", "Old": "n/a"}
+    assert "‡ not converged" in markdown and "Capped (seeds 2020, 2021)" in markdown
+    assert "Early (" not in markdown.split("‡ not converged", 1)[1].split("\n")[0]
+    assert table.loc["Early", "best_epoch_mean"] == pytest.approx(31 / 3)
+    assert table.loc["Early", "best_epochs"] == "9 / 12 / 10" and table.loc["Early", "not_converged"] == 0
+    assert table.loc["Capped", "best_epochs"] == "20 / 15 / n/a" and table.loc["Capped", "not_converged"] == 2
+    assert table.loc["Capped", "not_converged_seeds"] == "2020, 2021"
+    assert pd.isna(table.loc["Old", "best_epoch_mean"])
+
+
+def test_not_converged_follows_recbole_early_stopping():
+    record = {"best_epoch": 3, "epochs": 6, "epochs_cap": 6, "stopping_step": 2, "valid_score_bigger": True,
+              "valid_scores": [[1, 0.1], [2, 0.2], [3, 0.3], [4, 0.2], [5, 0.2], [6, 0.2]]}
+    assert benchmark.not_converged(record) is False, "stopped early at the cap: 3 worse validations > 2"
+    assert benchmark.not_converged({**record, "stopping_step": 3}) is True, "reached the cap, not stopped"
+    tie = {**record, "valid_scores": [[1, 0.1], [2, 0.2], [3, 0.3], [4, 0.3], [5, 0.2], [6, 0.2]]}
+    assert benchmark.not_converged(tie) is True, "RecBole counts an equal score as an improvement"
+    smaller = {**record, "valid_score_bigger": False,
+               "valid_scores": [[1, 0.3], [2, 0.2], [3, 0.1], [4, 0.2], [5, 0.2], [6, 0.2]]}
+    assert benchmark.not_converged(smaller) is False
+    assert benchmark.not_converged({**record, "best_epoch": 6}) is True
+    assert benchmark.not_converged({**record, "epochs": 5}) is False
+    assert benchmark.not_converged({"epochs": 5, "config": {"epochs": 5}}) is None, "no best epoch: n/a"
+    assert benchmark.not_converged({"best_epoch": 5, "epochs": 5, "config": {"epochs": 5}}) is True
+
+
+def test_reference_must_name_a_model_of_the_spec(tmp_path):
+    raw = {"datasets": ["tiny"], "seeds": [1], "models": ["SASRec", {"name": "LLM", "model": "LLMSASRec"}]}
+    assert benchmark.spec_from_dict(raw).reference is None
+    assert benchmark.spec_from_dict({**raw, "reference": "LLM"}).reference == "LLM"
+    for wrong in ("LLMSASRec", "sasrec", ["SASRec"]):
+        with pytest.raises(BiFairInputError, match=r"reference .* is not a model of the spec: give the display "
+                                                   r"name \(`name`\) of one of its models \['SASRec', 'LLM'\]"):
+            benchmark.spec_from_dict({**raw, "reference": wrong})
+    path = write_spec(str(tmp_path), reference="Nope")
+    assert benchmark.benchmark_main([path, "--report-only", "--output_dir", str(tmp_path / "out")]) == 2
+    assert "reference" in benchmark.SPEC_KEYS and "reference:" in benchmark.__doc__
+
+
+def user_values(seed, n=200):
+    """Per-user NDCG@10 of the reference for ``seed``: base values plus a little seed noise."""
+    base = np.random.default_rng(0).uniform(0, 0.5, n)
+    return base + np.random.default_rng(seed).normal(0, 0.01, n)
+
+
+def user_fields(values, groups):
+    values = np.round(np.clip(values, 0, 1), 4)
+    group_means = {f"groupndcg@10_g{g}": float(values[groups == g].mean()) for g in (0, 1)}
+    test_result = {"ndcg@10": float(values.mean()), **group_means,
+                   "ndcggap@10": abs(group_means["groupndcg@10_g0"] - group_means["groupndcg@10_g1"]),
+                   "ndcgworst@10": min(group_means.values())}
+    return {"test_result": test_result,
+            "test_users": {"k": 10, "n": len(values), "users": "same-users", "ndcg": values.tolist(),
+                           "item_group": groups.tolist()}}
+
+
+def test_significance_over_test_users(tmp_path):
+    spec = fabricated_spec(tmp_path, ["Reference", "Better", "Same", "WorseInG1"], reference="Reference")
+    n = 200
+    groups = np.arange(n) % 2
+    alternating = np.where((np.arange(n) // 2) % 2 == 0, 0.01, -0.01)  # sums to 0 within each group
+    shifts = {"Reference": np.zeros(n), "Better": np.full(n, 0.05), "Same": alternating,
+              "WorseInG1": np.where(groups == 1, -0.1, 0.0)}
+    write_records(spec, lambda name, seed: user_fields(user_values(seed) + shifts[name], groups))
+    markdown, table = report(spec)
+    main, per_group = markdown_rows(markdown, "## Main results"), markdown_rows(markdown, "## NDCG@10 per item group")
+
+    def mark(cell):
+        return cell.rsplit(" ", 1)[1] if cell.endswith(("*", "†")) else ""
+
+    assert {name: mark(row["ndcg@10"]) for name, row in main.items()} == {
+        "Reference (reference)": "", "Better": "*", "Same": "", "WorseInG1": "†"}
+    assert {name: (mark(row["g0"]), mark(row["g1"])) for name, row in per_group.items()} == {
+        "Reference (reference)": ("", ""), "Better": ("*", "*"), "Same": ("", ""), "WorseInG1": ("", "†")}
+    assert table.loc["Better", "ndcg@10_p"] < 1e-6 and table.loc["Same", "ndcg@10_p"] > 0.5
+    assert table.loc["Better", "ndcg@10_vs_reference"] == "better"
+    assert table.loc["Same", "groupndcg@10_g1_vs_reference"] == "not significant"
+    assert table.loc["WorseInG1", "groupndcg@10_g1_vs_reference"] == "worse"
+    assert table.loc["Better", "ndcg@10_test"] == "paired t-test over 200 users (mean of 3 seeds)"
+    assert table.loc["Better", "groupndcg@10_g0_test"] == "paired t-test over 100 users (mean of 3 seeds)"
+    assert pd.isna(table.loc["Reference", "ndcg@10_p"])
+    assert "significantly better / worse than the reference Reference" in markdown
+    assert "p < 0.05" in markdown and "over the test users" in markdown
+    full = markdown_rows(markdown, "## All test metrics")
+    assert full["ndcg@10"]["Better"].endswith(" *") and full["groupndcg@10_g1"]["WorseInG1"].endswith(" †")
+
+
+def test_significance_over_seeds_for_group_level_metrics(tmp_path):
+    spec = fabricated_spec(tmp_path, ["Reference", "Fairer", "Noisy", "OneSeed"], reference="Reference")
+    values = {  # ndcg@10, ndcggap@10, ndcgworst@10 per seed 2020, 2021, 2022; no per-user values
+        "Reference": ([0.10, 0.11, 0.12], [0.20, 0.21, 0.22], [0.010, 0.012, 0.011]),
+        "Fairer": ([0.05, 0.062, 0.058], [0.10, 0.115, 0.105], [0.030, 0.031, 0.033]),
+        "Noisy": ([0.12, 0.09, 0.13], [0.25, 0.15, 0.21], [0.020, 0.005, 0.011]),
+        "OneSeed": ([0.5], [0.9], [0.0]),
+    }
+
+    def fields(name, seed):
+        columns = values[name]
+        index = seed - 2020
+        if index >= len(columns[0]):
+            return None
+        ndcg, gap, worst = (column[index] for column in columns)
+        return {"test_result": {"ndcg@10": ndcg, "ndcggap@10": gap, "ndcgworst@10": worst}}
+
+    write_records(spec, fields)
+    markdown, table = report(spec)
+    main = markdown_rows(markdown, "## Main results")
+    assert main["Fairer"]["ndcg@10"].endswith(" †"), "lower NDCG: worse"
+    assert main["Fairer"]["ndcggap@10"].endswith(" *"), "a smaller gap is better"
+    assert main["Fairer"]["ndcgworst@10"].endswith(" *")
+    for name in ("Noisy", "OneSeed"):
+        for metric in ("ndcg@10", "ndcggap@10", "ndcgworst@10"):
+            assert not main[name][metric].endswith(("*", "†")), (name, metric)
+    assert table.loc["Fairer", "ndcggap@10_test"] == "paired t-test over 3 shared seeds"
+    assert table.loc["Fairer", "ndcg@10_test"] == "paired t-test over 3 shared seeds", "no per-user values"
+    assert table.loc["OneSeed", "ndcggap@10_test"].startswith("no test")
+    assert pd.isna(table.loc["OneSeed", "ndcggap@10_p"])
+    assert "over the seeds both models share" in markdown and "not tested (fewer than 2 pairs)" in markdown
+
+
+def test_prior_fairness_columns(tmp_path):
+    spec = fabricated_spec(tmp_path, ["SASRec", "BiFair"])
+
+    def fields(name, seed):
+        result = {"test_result": {"ndcg@10": 0.1, "ndcggap@10": 0.1}}
+        if name == "BiFair":
+            i = seed - 2020
+            result["prior_fairness"] = {"E0": {"ndcg@10": 0.05, "ndcggap@10": 0.20 + 0.01 * i},
+                                        "E": {"ndcg@10": 0.06 + 0.01 * i, "ndcggap@10": 0.10}}
+        return result
+
+    write_records(spec, fields)
+    markdown, table = report(spec)
+    main = markdown_rows(markdown, "## Main results")
+    assert main["BiFair"]["prior_E0_ndcg@10"] == "0.0500 ± 0.0000"
+    assert main["BiFair"]["prior_E0_ndcggap@10"] == "0.2100 ± 0.0100"
+    assert main["BiFair"]["prior_E_ndcg@10"] == "0.0700 ± 0.0100"
+    assert main["BiFair"]["prior_E_ndcggap@10"] == "0.1000 ± 0.0000"
+    assert main["SASRec"]["prior_E_ndcggap@10"] == ""
+    assert table.loc["BiFair", "prior_E0_ndcggap@10_mean"] == pytest.approx(0.21)
+    assert "before (E0) and after (E) training" in markdown
+
+    (tmp_path / "plain").mkdir()
+    plain = fabricated_spec(tmp_path / "plain", ["SASRec"])
+    write_records(plain, lambda name, seed: {"test_result": {"ndcg@10": 0.1, "ndcggap@10": 0.1}})
+    markdown, _ = report(plain)
+    assert "prior_E" not in markdown and "No significance" not in markdown and "significantly" not in markdown
+
+
+def test_committed_records_are_still_read(tmp_path):
+    """Records of results/ml-100k/runs (no best epoch, no per-user values) give n/a and seed tests."""
+    spec = fabricated_spec(tmp_path, ["SASRec", "BiFairSASRec"], reference="SASRec")
+    for plan in benchmark.plan_runs(spec):
+        committed = os.path.join(REPO_ROOT, "results", "ml-100k", "runs",
+                                 f"ml-100k__{plan.entry.name}__seed{plan.seed}.json")
+        with open(committed, encoding="utf-8") as f:
+            record = json.load(f)
+        benchmark.write_json_atomic(benchmark.record_path(spec, plan), {**record, "fingerprint": plan.fingerprint})
+    markdown, table = report(spec)
+    main = markdown_rows(markdown, "## Main results")
+    assert main["SASRec (reference)"]["best epoch"] == main["BiFairSASRec"]["best epoch"] == "n/a"
+    assert table.loc["BiFairSASRec", "ndcg@10_test"] == "paired t-test over 3 shared seeds"
+    assert table.loc["BiFairSASRec", "ndcg@10_mean"] > 0 and "‡" not in markdown
+
+
+def test_user_ndcg_is_recboles_ndcg(monkeypatch):
+    from recbole.evaluator.metrics import NDCG
+
+    monkeypatch.setattr(np, "float", np.float64, raising=False)  # RecBole's alias (its Config sets it)
+    rng = np.random.default_rng(1)
+    hits = rng.random((50, 20)) < 0.2
+    positives = np.maximum(hits.sum(axis=1), rng.integers(1, 30, 50))
+    recbole_values = NDCG.metric_info(None, hits, positives)
+    for k in (1, 5, 10, 20):
+        np.testing.assert_allclose(benchmark.user_ndcg(hits, positives, k), recbole_values[:, k - 1])
+
+
+def test_records_keep_number_lists_on_one_line(tmp_path):
+    data = {"a": [1, 2.5, -3e-05], "nested": [[1, 0.1], [2, 0.2]], "text": "[1,\n 2]", "mixed": [1, "x"],
+            "empty": []}
+    path = str(tmp_path / "r.json")
+    benchmark.write_json_atomic(path, data)
+    text = open(path, encoding="utf-8").read()
+    assert json.loads(text) == data
+    assert '"a": [1, 2.5, -3e-05]' in text and "[1, 0.1]" in text
+    assert '"mixed": [\n' in text, "a list with a string stays one element a line"
+
+
+def test_watch_records_the_test_evaluation_per_user():
+    """The run process's watch keeps the per-user NDCG@k of the model's test evaluation: not a
+    validation, not a later evaluation of the test split (the prior-fairness one), users sorted
+    by token, with the item group of their test positive; prepare_run is restored afterwards."""
+    import types
+
+    import torch
+    from recbole.evaluator.collector import DataStruct
+
+    class Part:  # a collector or evaluator: the watch wraps these two methods
+        def eval_batch_collect(self, scores, interaction, positive_u, positive_i):
+            pass
+
+        def evaluate(self, struct):
+            return {"ndcg@10": float(struct.get("rec.topk")[:, 0].float().mean())}
+
+    class Trainer:
+        def __init__(self):
+            self.eval_collector, self.evaluator, self.first_hit = Part(), Part(), None
+
+        def evaluate(self, eval_data, load_best_model=True, show_progress=False):
+            users = torch.tensor(eval_data)
+            self.eval_collector.eval_batch_collect(torch.zeros(len(users), 9), {"user_id": users}, None, None)
+            hits = torch.zeros(len(users), 11, dtype=torch.int)
+            hits[:, 0], hits[:, -1] = self.first_hit, 1  # a positive at rank 1 or none; 1 positive
+            struct = DataStruct()
+            struct.set("rec.topk", hits)
+            struct.set("rec.group_pos", torch.nn.functional.one_hot(users % 2, 2))
+            return self.evaluator.evaluate(struct)
+
+    dataset = types.SimpleNamespace(id2token=lambda field, ids: np.array([f"u{i}" for i in ids]))
+    trainer, valid_data, test_data = Trainer(), [4, 5], [3, 1, 2]
+    config = {"USER_ID_FIELD": "user_id", "epochs": 7, "stopping_step": 2, "eval_step": 1}
+    prepare_run = lambda config: (dataset, None, valid_data, test_data, None, trainer)  # noqa: E731
+    quick_start = types.SimpleNamespace(prepare_run=prepare_run)
+    watch = benchmark.EvaluationWatch(10)
+    with watch.watching(quick_start):
+        quick_start.prepare_run(config)
+        trainer.first_hit = torch.tensor([1, 1])
+        trainer.evaluate(valid_data)
+        trainer.first_hit = torch.tensor([1, 0, 0])  # the model: user 3 hits at rank 1
+        test_result = trainer.evaluate(test_data)
+        trainer.first_hit = torch.tensor([0, 1, 1])  # the prior's evaluation of the same split
+        trainer.evaluate(test_data)
+    assert quick_start.prepare_run is prepare_run
+    fields = watch.record_fields({"test_result": test_result})
+    assert {key: fields[key] for key in ("epochs_cap", "stopping_step", "eval_step")} == {
+        "epochs_cap": 7, "stopping_step": 2, "eval_step": 1}
+    users = fields["test_users"]
+    assert users["ndcg"] == [0.0, 0.0, 1.0] and users["item_group"] == [1, 0, 1]  # u1, u2, u3
+    assert users["k"] == 10 and users["n"] == 3 and len(users["users"]) == 16
+    assert benchmark.EvaluationWatch(10).record_fields({}) == {}, "nothing watched: nothing recorded"
+
+
+def test_validation_table_shows_the_tested_models_valid_values(tmp_path):
+    spec = fabricated_spec(tmp_path, ["A", "B"], seeds=(2020, 2021))
+    valid = {("A", 2020): 0.05, ("A", 2021): 0.07, ("B", 2020): 0.03, ("B", 2021): 0.03}
+
+    def fields(name, seed):
+        value = valid[(name, seed)]
+        return {"test_result": {"ndcg@10": 0.5},
+                "best_valid_result": {"ndcg@10": value, "ndcggap@10": 2 * value, "ndcgworst@10": value / 2,
+                                      "groupndcg@10_g1": value, "groupndcg@10_g0": 3 * value}}
+
+    write_records(spec, fields)
+    markdown, _ = report(spec)
+    rows = markdown_rows(markdown, "## Validation split")
+    assert rows["A"]["ndcg@10"] == "0.0600 ± 0.0141" and rows["B"]["ndcg@10"] == "0.0300 ± 0.0000"
+    assert rows["A"]["g0"] == "0.1800 ± 0.0424" and rows["A"]["ndcggap@10"] == "0.1200 ± 0.0283"
+    assert list(rows["A"])[-2:] == ["g0", "g1"]
+    assert "0.5000" not in markdown.split("## Validation split", 1)[1].split("##", 1)[0]

@@ -69,11 +69,56 @@ def test_every_mode_and_balancer_trains(tiny, mode, balancer):
     assert not torch.equal(before, model.llm_parameters()[0])
 
 
+@pytest.mark.parametrize("settings", [
+    dict(hypergradient="exact", lookahead_steps=2, lookahead_update="optimizer"),
+    dict(hypergradient="exact", lookahead_steps=3, lookahead_truncate=1),
+    dict(hypergradient="implicit", implicit_solver="neumann", implicit_steps=2),
+    dict(hypergradient="implicit", implicit_solver="cg", implicit_steps=2),
+])
+def test_hypergradients_that_see_the_inner_response_train_and_report_their_share(tiny, settings):
+    _, train_data, _, _, model, trainer = tiny(outer_every=1, epochs=1, **settings)
+    before = model.llm_parameters()[0].detach().clone()
+    trainer.fit(train_data, None, saved=False)
+    assert not torch.equal(before, model.llm_parameters()[0])
+    (entry,) = trainer.diagnostics
+    assert entry["outer_steps"] == len(train_data) - 1
+    assert entry["second_order_share"] > 0 and -1 <= entry["cosine_to_direct"] <= 1
+
+
+def test_first_order_diagnostic_does_not_change_training(tiny):
+    runs = []
+    for every in (0, 1):
+        _, train_data, _, _, model, trainer = tiny(outer_every=1, epochs=1, hypergradient_diagnostic_every=every)
+        trainer.fit(train_data, None, saved=False)
+        runs.append((model.llm_parameters()[0].detach().clone(), trainer.diagnostics))
+    assert torch.equal(runs[0][0], runs[1][0])
+    assert runs[0][1] == [] and runs[1][1][0]["outer_steps"] == len(train_data) - 1
+
+
+def test_joint_control_moves_e_in_the_inner_step_without_outer_steps(tiny):
+    _, train_data, _, _, model, trainer = tiny(llm_update="joint", hypergradient_diagnostic_every=1)
+    trainer._set_up_groups(train_data)
+    model.train()
+    batches = iter(train_data)
+    first, second = next(batches), next(batches)
+    before = model.llm_parameters()[0].detach().clone()
+    trainer._before_inner_step(first, second, 0, 0)
+    assert torch.equal(before, model.llm_parameters()[0])
+    trainer._inner_step(second, 0, 1)
+    assert not torch.equal(before, model.llm_parameters()[0])
+
+
 def test_bad_trainer_settings_are_clear_errors(tiny):
     with pytest.raises(BiFairInputError, match="hypergradient must be one of .*'second'"):
         tiny(hypergradient="second")
     with pytest.raises(BiFairInputError, match="outer_every"):
         tiny(outer_every=0)
+    with pytest.raises(BiFairInputError, match="lookahead_steps: 1"):
+        tiny(hypergradient="finite_difference", lookahead_steps=2)
+    for key, value in [("lookahead_update", "adamw"), ("implicit_solver", "lu"), ("llm_update", "both"),
+                       ("lookahead_truncate", 0), ("hypergradient_diagnostic_every", -1)]:
+        with pytest.raises(BiFairInputError, match=key):
+            tiny(**{key: value})
     config, _, _, _, model, _ = tiny(model="LLMSASRec")
     with pytest.raises(BiFairInputError, match="BiFairSASRec"):
         BiFairTrainer(config, model)
@@ -118,3 +163,33 @@ def test_baseline_keeps_its_llm_table_frozen(tiny):
     trainer._set_up_groups(train_data)
     trainer._inner_step(next(iter(train_data)), 0, 0)
     assert not model.llm_parameters()[0].requires_grad
+
+
+def test_second_order_share_from_a_saved_checkpoint_without_training(tmp_path, embedding_cache):
+    from recbole_bifair.quick_start import run_recbole_bifair
+    from recbole_bifair.trainer import hypergradient_diagnostic
+    from conftest import tiny_config
+
+    result = run_recbole_bifair("BiFairSASRec", "tiny", config_dict=tiny_config(
+        tmp_path, llm_emb_cache_dir=embedding_cache, hypergradient_diagnostic_every=1, outer_every=1))
+    assert result["hypergradient_diagnostics"][0]["second_order_share"] > 0
+    (model_file,) = list((tmp_path / "saved").glob("*.pth"))
+    exact = hypergradient_diagnostic(str(model_file), n_batches=2)
+    assert exact["batches"] == 2 and exact["second_order_share"] > 0
+    assert -1 <= exact["cosine_to_direct"] <= 1
+    implicit = hypergradient_diagnostic(str(model_file), n_batches=2, hypergradient="implicit")
+    assert implicit["second_order_share"] != exact["second_order_share"]
+    with pytest.raises(BiFairInputError, match="first_order"):
+        hypergradient_diagnostic(str(model_file), hypergradient="first_order")
+
+
+@pytest.mark.parametrize("scores, bigger, expected", [
+    ([[1, 0.1], [2, 0.3], [3, 0.2]], True, 2),
+    ([[1, 0.1], [2, 0.3], [3, 0.3], [4, 0.2]], True, 3),  # RecBole saves again on a tie
+    ([[1, 0.5], [2, 0.2], [3, 0.4]], False, 2),
+    ([], True, None),
+])
+def test_best_epoch_is_the_epoch_recbole_keeps(scores, bigger, expected):
+    from recbole_bifair.quick_start import best_epoch
+
+    assert best_epoch(scores, bigger) == expected

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from recbole_bifair.trainer.balancer import UniformBalancer
-from recbole_bifair.trainer.bilevel import LookAheadObjective, outer_hypergradient
+from recbole_bifair.trainer.bilevel import HypergradientSettings, LookAheadObjective, outer_hypergradient
 
 NO_DROPOUT = dict(hidden_dropout_prob=0.0, attn_dropout_prob=0.0, projector_dropout=0.0)
 XI, BETA = 0.5, 0.01
@@ -28,10 +28,11 @@ def setting(tiny):
 
 def hypergradient(setting, mode):
     objective, theta, llm, llm_init, train_batch, meta_batch, n_groups = setting
-    grads, value = outer_hypergradient(
-        objective, theta, llm, llm_init, train_batch, meta_batch, UniformBalancer(n_groups), XI, BETA, mode,
+    result = outer_hypergradient(
+        objective, theta, llm, llm_init, train_batch, meta_batch, UniformBalancer(n_groups),
+        HypergradientSettings(mode=mode, xi=XI, beta=BETA),
     )
-    return grads[0], value
+    return result.grads[0], result.value
 
 
 def lookahead_objective_value(setting, llm_table):

@@ -161,3 +161,16 @@ def test_launcher_runs_a_plain_recbole_model_on_two_processes(tmp_path):
     result = run("SASRec", "tiny", config_dict=config_dict, nproc=2, port=settings["port"])
     assert set(result["test_result"]) >= {"ndcg@10", "ndcggap@10"}
     assert len(glob.glob(str(tmp_path / "saved" / "*.pth"))) == 1
+
+
+def test_synced_balancer_copies_as_the_balancer_it_wraps():
+    import copy
+
+    import torch
+
+    from recbole_bifair.distributed import SyncedBalancer
+    from recbole_bifair.trainer.balancer import FixedBalancer
+
+    copied = copy.deepcopy(SyncedBalancer(FixedBalancer(3, [1.0, 2.0, 1.0])))
+    assert isinstance(copied, SyncedBalancer)
+    assert torch.allclose(copied.weights(), torch.tensor([0.25, 0.5, 0.25]))

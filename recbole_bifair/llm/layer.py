@@ -3,8 +3,16 @@
 ``LLMItemEmbedding`` replaces a backbone's ``nn.Embedding`` of items. It looks like one to the
 backbone: ``forward(ids)`` returns item vectors and ``.weight`` is the whole projected table,
 so backbones that score with ``self.item_embedding.weight`` work unchanged.
-The projector's default shape, ``Linear(d, d/2) -> activation -> Linear(d/2, hidden)``, is our
-reconstruction after LLM-ESR / AlphaRec, not the BiFair paper's (unpublished) code.
+
+Everything here beyond "LLM vectors through a trainable projector" is our reconstruction
+[ours], after public LLM-enhanced recommenders, not the BiFair paper's (unpublished) code:
+- ``preprocess_llm_table``: centring, PCA whitening (after UniSRec's whitening of text
+  vectors) or l2-normalising the LLM table when it is loaded;
+- ``build_projector``: ``Linear(d, d/2) -> activation -> Linear(d/2, hidden)`` by default
+  (after LLM-ESR / AlphaRec; activation ``identity`` makes it linear, as LLM-ESR's adapter),
+  optionally with a linear residual path;
+- ``DualView``: a trainable ID table fused with the projected LLM vector (after LLM-ESR's
+  collaborative + semantic views and LLMInit's LLM-initialised ID table).
 """
 import torch
 from torch import nn
@@ -20,25 +28,127 @@ ACTIVATIONS = {
 }
 
 
-def build_projector(input_dim, output_dim, n_layers=2, hidden_dim=None, activation="gelu", dropout=0.0):
+LLM_PREPROCESSING = ("none", "center", "whiten", "l2")
+LLM_VIEWS = ("llm", "dual")
+DUAL_FUSIONS = ("sum", "concat", "gate")
+ID_INITS = ("pca", "random")
+
+
+def _check_dropout(key, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise BiFairInputError(f"{key} must be a number in [0, 1), got {value!r}.")
+
+
+def build_projector(input_dim, output_dim, n_layers=2, hidden_dim=None, activation="gelu", dropout=0.0,
+                    residual=False, input_dropout=0.0):
     """An MLP from the LLM dimension to the backbone's: ``n_layers`` linear layers with
-    ``hidden_dim`` units between them (default ``input_dim // 2``)."""
+    ``hidden_dim`` units between them (default ``input_dim // 2``); ``residual`` adds a linear
+    map of the input to the output; ``input_dropout`` drops LLM features before it."""
     if not isinstance(n_layers, int) or n_layers < 1:
         raise BiFairInputError(f"projector_layers must be an integer >= 1, got {n_layers!r}.")
     if activation not in ACTIVATIONS:
         raise BiFairInputError(
             f"projector_activation '{activation}' is unknown; choose one of {sorted(ACTIVATIONS)}."
         )
-    if not 0.0 <= float(dropout) < 1.0:
-        raise BiFairInputError(f"projector_dropout must be in [0, 1), got {dropout!r}.")
+    _check_dropout("projector_dropout", dropout)
+    _check_dropout("projector_input_dropout", input_dropout)
     hidden_dim = hidden_dim or max(1, input_dim // 2)
     widths = [input_dim] + [hidden_dim] * (n_layers - 1) + [output_dim]
-    layers = []
+    layers = [nn.Dropout(input_dropout)] if input_dropout else []
     for i in range(n_layers):
         layers.append(nn.Linear(widths[i], widths[i + 1]))
         if i < n_layers - 1:
             layers += [ACTIVATIONS[activation](), nn.Dropout(dropout)]
-    return nn.Sequential(*layers)
+    mlp = nn.Sequential(*layers)
+    return ResidualProjector(mlp, input_dim, output_dim) if residual else mlp
+
+
+class ResidualProjector(nn.Module):
+    """``mlp(x) + W x``: the projector with a linear path beside it."""
+
+    def __init__(self, mlp, input_dim, output_dim):
+        super().__init__()
+        self.mlp = mlp
+        self.skip = nn.Linear(input_dim, output_dim, bias=False)
+
+    def forward(self, x):
+        return self.mlp(x) + self.skip(x)
+
+
+def preprocess_llm_table(table, mode, padding_idx=0, eps=1e-6):
+    """The LLM table as the layer holds it: ``none``, ``center`` (subtract the items' mean),
+    ``whiten`` (PCA whitening: centred, rotated onto the principal axes, each scaled to unit
+    variance) or ``l2`` (unit-length rows). Statistics are over the item rows, never the padding
+    row, which stays zero."""
+    if mode not in LLM_PREPROCESSING:
+        raise BiFairInputError(f"llm_preprocess must be one of {', '.join(LLM_PREPROCESSING)}; got {mode!r}.")
+    table = torch.as_tensor(table, dtype=torch.float32).clone()
+    items = _item_rows(table, padding_idx)
+    if mode == "center":
+        table = table - items.mean(dim=0)
+    elif mode == "whiten":
+        centred = items - items.mean(dim=0)
+        _, singular_values, directions = torch.linalg.svd(centred.double(), full_matrices=False)
+        scale = (singular_values / max(items.shape[0] - 1, 1) ** 0.5).clamp(min=eps)
+        table = ((table - items.mean(dim=0)).double() @ directions.T / scale).float()
+    elif mode == "l2":
+        table = nn.functional.normalize(table, dim=1)
+    if 0 <= padding_idx < table.shape[0]:
+        table[padding_idx] = 0
+    return table
+
+
+def _item_rows(table, padding_idx):
+    keep = torch.ones(table.shape[0], dtype=torch.bool)
+    if 0 <= padding_idx < table.shape[0]:
+        keep[padding_idx] = False
+    return table[keep]
+
+
+def pca_item_table(llm_table, dim, std, padding_idx=0):
+    """An ``[n_items, dim]`` ID table from the LLM table's top ``dim`` principal components,
+    scaled to an overall standard deviation of ``std``; columns beyond the LLM's rank are
+    normal noise of that std. LLM-ESR and LLMInit initialise ID tables this way."""
+    table = torch.as_tensor(llm_table, dtype=torch.float64)
+    items = _item_rows(table, padding_idx)
+    centred_table = table - items.mean(dim=0)
+    _, _, directions = torch.linalg.svd(items - items.mean(dim=0), full_matrices=False)
+    directions = directions[:dim]
+    signs = torch.sign(directions.gather(1, directions.abs().argmax(dim=1, keepdim=True)))
+    scores = centred_table @ (directions * signs).T
+    scores = scores * (std / _item_rows(scores, padding_idx).std().clamp(min=1e-12))
+    if scores.shape[1] < dim:
+        generator = torch.Generator().manual_seed(0)
+        noise = torch.randn(table.shape[0], dim - scores.shape[1], generator=generator, dtype=torch.float64) * std
+        scores = torch.cat([scores, noise], dim=1)
+    if 0 <= padding_idx < table.shape[0]:
+        scores[padding_idx] = 0
+    return scores.float()
+
+
+class DualView(nn.Module):
+    """A trainable ID table fused with the projected LLM vectors of the same items:
+    ``sum`` (id + llm), ``concat`` (``Linear([id; llm])``) or ``gate``
+    (``g * id + (1 - g) * llm``, ``g = sigmoid(Linear([id; llm]))``)."""
+
+    def __init__(self, id_table, fusion="sum"):
+        super().__init__()
+        if fusion not in DUAL_FUSIONS:
+            raise BiFairInputError(f"dual_fusion must be one of {', '.join(DUAL_FUSIONS)}; got {fusion!r}.")
+        self.fusion = fusion
+        self.id_weight = nn.Parameter(torch.as_tensor(id_table, dtype=torch.float32).clone())
+        width = self.id_weight.shape[1]
+        self.mix = None if fusion == "sum" else nn.Linear(2 * width, width)
+
+    def forward(self, llm_vectors, ids):
+        id_vectors = self.id_weight[ids]
+        if self.fusion == "sum":
+            return id_vectors + llm_vectors
+        mixed = self.mix(torch.cat([id_vectors, llm_vectors], dim=-1))
+        if self.fusion == "concat":
+            return mixed
+        gate = torch.sigmoid(mixed)
+        return gate * id_vectors + (1 - gate) * llm_vectors
 
 
 class LLMItemEmbedding(nn.Module):
@@ -51,16 +161,19 @@ class LLMItemEmbedding(nn.Module):
             outer level, or joint fine-tuning).
         n_extra_rows: trainable vectors appended after the LLM rows, for backbones whose item
             table has rows that are no items (BERT4Rec's mask token).
+        dual_view: a :class:`DualView` that fuses a trainable ID table with the projected
+            vectors (``llm_view: dual``), or None (``llm_view: llm``).
 
     ``llm_weight_init`` keeps a frozen copy ``E0`` of the table for BiFair's proximity term.
     """
 
-    def __init__(self, llm_table, projector, freeze=True, padding_idx=0, n_extra_rows=0):
+    def __init__(self, llm_table, projector, freeze=True, padding_idx=0, n_extra_rows=0, dual_view=None):
         super().__init__()
         llm_table = torch.as_tensor(llm_table, dtype=torch.float32)
         self.llm_weight = nn.Parameter(llm_table.clone(), requires_grad=not freeze)
         self.register_buffer("llm_weight_init", llm_table.clone())
         self.projector = projector
+        self.dual_view = dual_view
         self.padding_idx = padding_idx
         self.n_llm_rows = llm_table.shape[0]
         self.embedding_dim = self._output_dim()
@@ -77,8 +190,11 @@ class LLMItemEmbedding(nn.Module):
         return self.llm_weight.shape[1]
 
     def project(self, llm_rows, ids):
-        """Project LLM rows, with the padding item's output set to zero."""
+        """Project LLM rows (fused with their ID vectors in the dual view), with the padding
+        item's output set to zero."""
         out = self.projector(llm_rows)
+        if self.dual_view is not None:
+            out = self.dual_view(out, ids)
         return out * (ids != self.padding_idx).unsqueeze(-1).to(out.dtype)
 
     @property
@@ -99,4 +215,6 @@ class LLMItemEmbedding(nn.Module):
         return vectors[inverse]
 
     def extra_repr(self):
-        return f"{self.num_embeddings}, {self.embedding_dim}, llm_dim={self.llm_dim}, frozen={not self.llm_weight.requires_grad}"
+        view = "llm" if self.dual_view is None else f"dual/{self.dual_view.fusion}"
+        return (f"{self.num_embeddings}, {self.embedding_dim}, llm_dim={self.llm_dim}, "
+                f"frozen={not self.llm_weight.requires_grad}, view={view}")

@@ -17,8 +17,12 @@ import functools
 from recbole.utils import ModelType
 from torch import nn
 
+from recbole_bifair.config_values import choice, flag, number
 from recbole_bifair.errors import BiFairInputError
-from recbole_bifair.llm.layer import LLMItemEmbedding, build_projector
+from recbole_bifair.llm.layer import (
+    DUAL_FUSIONS, ID_INITS, LLM_PREPROCESSING, LLM_VIEWS, DualView, LLMItemEmbedding, build_projector,
+    pca_item_table, preprocess_llm_table,
+)
 
 FAMILY_PREFIXES = ("BiFair", "GroupDRO", "IPS", "VarReg", "LLM")
 GROUP_FAIR_FAMILIES = ("BiFair", "GroupDRO", "IPS", "VarReg")
@@ -93,13 +97,17 @@ def item_table_names(model, config):
 
 def llm_item_embedding_for(table, llm_table, config, freeze):
     """The LLM layer that replaces the ``nn.Embedding`` ``table``: same output width, same
-    padding row, and trainable extra rows where the table has more rows than items."""
+    padding row, and trainable extra rows where the table has more rows than items.
+    ``llm_table`` is preprocessed (``llm_preprocess``) here, so ``E`` and ``E0`` are the
+    preprocessed table."""
     n_extra_rows = table.num_embeddings - llm_table.shape[0]
     if n_extra_rows < 0:
         raise BiFairInputError(
             f"The LLM table has {llm_table.shape[0]} rows but the backbone's item table only "
             f"{table.num_embeddings}: the embedding file does not match this dataset."
         )
+    padding_idx = 0 if table.padding_idx is None else table.padding_idx
+    llm_table = preprocess_llm_table(llm_table, choice(config, "llm_preprocess", LLM_PREPROCESSING), padding_idx)
     projector = build_projector(
         llm_table.shape[1],
         table.embedding_dim,
@@ -107,9 +115,24 @@ def llm_item_embedding_for(table, llm_table, config, freeze):
         hidden_dim=config["projector_hidden"],
         activation=config["projector_activation"],
         dropout=config["projector_dropout"],
+        residual=flag(config, "projector_residual"),
+        input_dropout=number(config, "projector_input_dropout", minimum=0.0, default=0.0),
     )
-    padding_idx = 0 if table.padding_idx is None else table.padding_idx
-    return LLMItemEmbedding(llm_table, projector, freeze=freeze, padding_idx=padding_idx, n_extra_rows=n_extra_rows)
+    fusion, id_init = choice(config, "dual_fusion", DUAL_FUSIONS), choice(config, "dual_id_init", ID_INITS)
+    dual_view = None
+    if choice(config, "llm_view", LLM_VIEWS) == "dual":
+        dual_view = DualView(id_table_for(table, llm_table, id_init, padding_idx), fusion)
+    return LLMItemEmbedding(llm_table, projector, freeze=freeze, padding_idx=padding_idx,
+                            n_extra_rows=n_extra_rows, dual_view=dual_view)
+
+
+def id_table_for(table, llm_table, id_init, padding_idx):
+    """The dual view's ID table: the backbone's own initialised item table (``random``), or the
+    LLM table's principal components at the backbone's initial scale (``pca``)."""
+    own = table.weight.detach()[: llm_table.shape[0]]
+    if id_init == "random":
+        return own.clone()
+    return pca_item_table(llm_table, table.embedding_dim, float(own.std()), padding_idx)
 
 
 class LLMEnhancedMixin:
@@ -121,7 +144,7 @@ class LLMEnhancedMixin:
         from recbole_bifair.llm import load_item_embeddings
 
         llm_table = load_item_embeddings(config, dataset)
-        freeze = False if self.bifair else bool(config["llm_freeze"])
+        freeze = False if self.bifair else flag(config, "llm_freeze", default=True)
         for name in item_table_names(self, config):
             layer = llm_item_embedding_for(getattr(self, name), llm_table, config, freeze)
             setattr(self, name, layer)

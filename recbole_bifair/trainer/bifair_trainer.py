@@ -11,13 +11,44 @@ Each training batch ``B_t``:
 Under DDP the hypergradient of ``E`` is averaged across ranks like ``theta``'s gradient, so
 every rank holds the same ``E``.
 """
+import copy
+from dataclasses import replace
+
+from recbole.utils import set_color
 from torch.nn.utils import clip_grad_norm_
 
 from recbole_bifair import distributed
-from recbole_bifair.config_values import choice, number, positive_int
+from recbole_bifair.config_values import choice, flag, non_negative_int, number, positive_int
 from recbole_bifair.errors import BiFairInputError
-from recbole_bifair.trainer.bilevel import HYPERGRADIENT_MODES, LookAheadObjective, outer_hypergradient
+from recbole_bifair.trainer.bilevel import (
+    HYPERGRADIENT_MODES, IMPLICIT_SOLVERS, LOOKAHEAD_UPDATES, HypergradientSettings, LookAheadObjective,
+    capture_random_state, outer_hypergradient, restore_random_state,
+)
 from recbole_bifair.trainer.group_fair_trainer import GroupFairTrainer
+
+
+LLM_UPDATES = ("outer", "joint")
+
+
+def hypergradient_settings(config, inner_learning_rate):
+    """:class:`HypergradientSettings` from the config, each bad value one clear error."""
+    truncate = config["lookahead_truncate"]
+    settings = dict(
+        mode=choice(config, "hypergradient", HYPERGRADIENT_MODES),
+        xi=number(config, "lookahead_lr", minimum=0.0, default=inner_learning_rate),
+        beta=number(config, "proximity_weight", minimum=0.0),
+        steps=positive_int(config, "lookahead_steps", default=1),
+        update=choice(config, "lookahead_update", LOOKAHEAD_UPDATES),
+        truncate=None if truncate is None else positive_int(config, "lookahead_truncate"),
+        implicit_steps=positive_int(config, "implicit_steps", default=5),
+        implicit_lr=number(config, "implicit_lr", minimum=0.0, strictly_above=True, default=0.01),
+        implicit_solver=choice(config, "implicit_solver", IMPLICIT_SOLVERS),
+        implicit_damping=number(config, "implicit_damping", minimum=0.0, default=0.0),
+    )
+    try:
+        return HypergradientSettings(**settings)
+    except ValueError as error:
+        raise BiFairInputError(str(error)) from None
 
 
 class BiFairTrainer(GroupFairTrainer):
@@ -30,11 +61,14 @@ class BiFairTrainer(GroupFairTrainer):
                 f"Use --model=BiFair{type(model).__name__.replace('LLM', '', 1)}."
             )
         super().__init__(config, model)
-        self.outer_enabled = bool(config["bifair_outer"])
-        self.hypergradient = choice(config, "hypergradient", HYPERGRADIENT_MODES)
+        self.outer_enabled = flag(config, "bifair_outer", default=True)
+        self.llm_update = choice(config, "llm_update", LLM_UPDATES)
         self.outer_every = positive_int(config, "outer_every")
-        self.lookahead_lr = number(config, "lookahead_lr", minimum=0.0, default=self.learning_rate)
-        self.proximity_weight = number(config, "proximity_weight", minimum=0.0)
+        self.hypergradient = hypergradient_settings(config, self.learning_rate)
+        self.diagnostic_every = non_negative_int(config, "hypergradient_diagnostic_every")
+        self.diagnostics = []
+        self._epoch_diagnostics = []
+        self._outer_steps = 0
         self.outer_optimizer = self._build_optimizer(
             params=model.llm_parameters(),
             learner=config["outer_learner"],
@@ -64,25 +98,45 @@ class BiFairTrainer(GroupFairTrainer):
         self._shared_index = [i for i, (_, p) in enumerate(self._inner_named) if id(p) in shared_ids]
 
     def _before_inner_step(self, previous, interaction, epoch_idx, step):
-        if self.outer_enabled and previous is not None and step % self.outer_every == 0:
+        if self.outer_enabled and self.llm_update == "outer" and previous is not None and step % self.outer_every == 0:
             self._outer_step(previous, interaction, epoch_idx, step)
 
     def _outer_step(self, train_batch, meta_batch, epoch_idx, step):
-        """One update of E on the fairness-aware look-ahead objective (``bilevel``)."""
-        grads, objective = outer_hypergradient(
+        """One update of E on the fairness-aware objective (``bilevel``)."""
+        result = self._hypergradient(train_batch, meta_batch, self.hypergradient, self.outer_balancer)
+        self._check_finite(result.value, "outer", epoch_idx, step)
+        self._record_diagnostic(result, train_batch, meta_batch)
+        self._outer_steps += 1
+        self._apply_to_llm_tables(result.grads)
+
+    def _hypergradient(self, train_batch, meta_batch, settings, outer_balancer):
+        return outer_hypergradient(
             self.objective,
             [p for _, p in self._inner_named],
             [p for _, p in self._llm_named],
             [layer.llm_weight_init for layer in self.model.llm_item_embeddings()],
             train_batch,
             meta_batch,
-            self.outer_balancer,
-            self.lookahead_lr,
-            self.proximity_weight,
-            self.hypergradient,
-            self._shared_index,
+            outer_balancer,
+            settings,
+            optimizer=self.optimizer,
+            shared=self._shared_index,
         )
-        self._check_finite(objective, "outer", epoch_idx, step)
+
+    def _record_diagnostic(self, result, train_batch, meta_batch):
+        """The second-order share of this step's hypergradient; a ``first_order`` run computes
+        the ``exact`` one's split every ``hypergradient_diagnostic_every`` outer steps, on a
+        copy of the outer balancer, without using it."""
+        if result.second_order is None:
+            if not self.diagnostic_every or self._outer_steps % self.diagnostic_every:
+                return
+            settings = replace(self.hypergradient, mode="exact")
+            training_random_state = capture_random_state()  # the diagnostic must not change training
+            result = self._hypergradient(train_batch, meta_batch, settings, copy.deepcopy(self.outer_balancer))
+            restore_random_state(training_random_state)
+        self._epoch_diagnostics.append((result.second_order_share(), result.cosine_to_direct()))
+
+    def _apply_to_llm_tables(self, grads):
         self.outer_optimizer.zero_grad()
         for (_, param), grad in zip(self._llm_named, grads):
             param.grad = grad
@@ -90,6 +144,44 @@ class BiFairTrainer(GroupFairTrainer):
         if self.clip_grad_norm:
             clip_grad_norm_(self.model.llm_parameters(), **self.clip_grad_norm)
         self.outer_optimizer.step()
+
+    def _inner_step(self, interaction, epoch_idx, step):
+        """The inner step; with ``llm_update: joint`` (a single-level control) E also takes the
+        inner loss's gradient there, with the outer optimiser, and there is no outer step."""
+        if self.llm_update != "joint":
+            return super()._inner_step(interaction, epoch_idx, step)
+        self.outer_optimizer.zero_grad()
+        self.optimizer.zero_grad()
+        loss = self._inner_loss(interaction)
+        self._check_finite(loss, "inner", epoch_idx, step)
+        loss.backward()
+        distributed.average_gradients(list(self.model.parameters()))
+        if self.clip_grad_norm:
+            clip_grad_norm_(self.model.parameters(), **self.clip_grad_norm)
+        self.optimizer.step()
+        self.outer_optimizer.step()
+        return loss.item()
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        self._epoch_diagnostics = []
+        loss = super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
+        self._log_diagnostics(epoch_idx)
+        return loss
+
+    def _log_diagnostics(self, epoch_idx):
+        """Logs and keeps the epoch's mean second-order share and cosine (``diagnostics``)."""
+        if not self._epoch_diagnostics:
+            return
+        shares, cosines = zip(*self._epoch_diagnostics)
+        entry = {"epoch": epoch_idx, "second_order_share": sum(shares) / len(shares),
+                 "cosine_to_direct": sum(cosines) / len(cosines), "outer_steps": len(shares)}
+        self.diagnostics.append(entry)
+        self.logger.info(
+            set_color("hypergradient", "blue") + f" epoch {epoch_idx}: second-order share "
+            f"{entry['second_order_share']:.4g}, cosine to the direct part {entry['cosine_to_direct']:.4f} "
+            f"(mean of {entry['outer_steps']} outer steps)"
+        )
+        self.tensorboard.add_scalar("Hypergradient/second_order_share", entry["second_order_share"], epoch_idx)
 
     def _balancers(self, in_use_only=False):
         balancers = super()._balancers(in_use_only)
@@ -103,3 +195,39 @@ class BiFairTrainer(GroupFairTrainer):
     def _load_extra_state(self, state):
         if "outer_optimizer" in state:
             self.outer_optimizer.load_state_dict(state["outer_optimizer"])
+
+
+def hypergradient_diagnostic(model_file, n_batches=8, hypergradient="exact", **settings):
+    """The second-order share of BiFair's hypergradient for a saved ``BiFair<Backbone>``
+    checkpoint, without training: the mean over ``n_batches`` consecutive pairs of training
+    batches (look-ahead batch, meta batch) of ``||second-order part|| / ||direct part||`` and
+    the cosine between the full hypergradient and its direct part, for ``hypergradient``
+    (``exact`` or ``implicit``; ``finite_difference``) and any other setting of
+    ``HypergradientSettings`` (``steps``, ``update``, ...). The balancers and the inner
+    optimiser start fresh: their state is not part of what this measures."""
+    import torch
+
+    from recbole_bifair.quick_start import load_data_and_model
+
+    if hypergradient == "first_order":
+        raise BiFairInputError("first_order has no second-order part to measure; use exact, implicit or finite_difference.")
+    config, model, _, train_data, _, _ = load_data_and_model(model_file)
+    trainer = BiFairTrainer(config, model)
+    trainer._set_up_groups(train_data)
+    settings = replace(trainer.hypergradient, mode=hypergradient, **settings)
+    model.train()
+    shares, cosines, previous = [], [], None
+    for batch in train_data:
+        batch = batch.to(trainer.device)
+        if previous is not None:
+            result = trainer._hypergradient(previous, batch, settings, copy.deepcopy(trainer.outer_balancer))
+            shares.append(result.second_order_share())
+            cosines.append(result.cosine_to_direct())
+        if len(shares) >= n_batches:
+            break
+        previous = batch
+    if not shares:
+        raise BiFairInputError(f"{model_file}: the training split has fewer than 2 batches; nothing to measure.")
+    return {"second_order_share": float(torch.tensor(shares).mean()),
+            "cosine_to_direct": float(torch.tensor(cosines).mean()), "batches": len(shares),
+            "hypergradient": settings.mode}

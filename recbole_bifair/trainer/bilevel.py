@@ -1,28 +1,90 @@
 """BiFair's outer level: the hypergradient of the fairness-aware objective with respect to the
-LLM item table ``E``, through a one-step look-ahead of the inner update.
+LLM item table ``E``, through the inner level's response to ``E``.
 
 This is our reconstruction [ours] of the nested update the abstract describes (the paper's
-text and code are not public), in the style of DARTS / MAML:
+text and code are not public). With ``L_in`` the inner level's group-weighted loss, ``lambda``
+the outer balancer's weights and ``B_meta`` a batch the inner level has not used:
 
-    theta'  = theta - xi * grad_theta L_in(E, theta; B_train)
-    F(E)    = sum_g lambda_g L_g(E, theta'; B_meta) / sum_g lambda_g  +  beta * ||E - E0||^2
-    dF/dE   = d_E F(E, theta')  -  xi * (d^2 L_in / dE dtheta) . d_theta' F(E, theta')
+    F(E)    = sum_g lambda_g L_g(E, theta*(E); B_meta) / sum_g lambda_g  +  beta * ||E - E0||^2
+    dF/dE   = d_E F  +  (d theta* / dE)^T . d_theta F          (direct part + second-order part)
 
-``L_in`` is the inner level's group-weighted loss, ``lambda`` the outer balancer's weights and
-``B_meta`` a batch the inner step has not used. Three ways to get ``dF/dE``:
-- ``first_order``: drops the second term (the Hessian-vector product);
-- ``finite_difference``: the Hessian-vector product by central differences,
-  ``[grad_E L_in(E, theta + eps v) - grad_E L_in(E, theta - eps v)] / (2 eps)``,
-  ``v = d_theta' F``, ``eps = 0.01 / ||v||``;
-- ``exact``: autograd through the look-ahead (``torch.func.functional_call``).
+``theta*(E)`` is the inner level's answer to ``E``, approximated in one of two ways:
+- a look-ahead (DARTS / MAML style): ``theta_k`` after ``lookahead_steps`` inner updates of
+  ``theta`` on the look-ahead batch, each either plain SGD with step ``xi``
+  (``lookahead_update: sgd``) or the inner optimiser's own update rule with its live state
+  (``lookahead_update: optimizer``: Adam's step with the optimiser's current moments).
+  ``hypergradient`` says how the second-order part is had:
+  ``first_order`` drops it; ``finite_difference`` (one SGD step only) takes the mixed
+  Hessian-vector product by central differences, ``eps = 0.01 / ||v||``; ``exact``
+  differentiates through the unrolled steps (``torch.func.functional_call``), through the last
+  ``lookahead_truncate`` of them when set;
+- ``implicit`` (implicit function theorem at the current inner iterate, as Lorraine et al.,
+  2020): ``dF/dE = d_E F - (d^2 L_in / dE dtheta) H^-1 d_theta F``, ``H`` the Hessian of
+  ``L_in`` in ``theta``, ``H^-1 v`` by a Neumann series (``implicit_solver: neumann``,
+  ``implicit_steps`` terms, step ``implicit_lr``) or conjugate gradients (``cg``,
+  ``implicit_steps`` iterations, damping ``implicit_damping``).
+
+Every call also returns the split of the hypergradient into its direct part and second-order
+part (:class:`Hypergradient`), BiFair's diagnostic of whether the nesting does anything.
 """
+from dataclasses import dataclass, field
+from typing import List, Optional
+
 import torch
 from torch import nn
 from torch.func import functional_call
 
 from recbole_bifair.trainer.losses import group_mean_losses, per_example_loss, weighted_group_loss
 
-HYPERGRADIENT_MODES = ("first_order", "finite_difference", "exact")
+HYPERGRADIENT_MODES = ("first_order", "finite_difference", "exact", "implicit")
+LOOKAHEAD_UPDATES = ("sgd", "optimizer")
+IMPLICIT_SOLVERS = ("neumann", "cg")
+
+
+@dataclass
+class HypergradientSettings:
+    """How the outer level differentiates through the inner one (module docstring)."""
+
+    mode: str = "first_order"
+    xi: float = 1e-3
+    beta: float = 0.0
+    steps: int = 1
+    update: str = "sgd"
+    truncate: Optional[int] = None
+    implicit_steps: int = 5
+    implicit_lr: float = 0.01
+    implicit_solver: str = "neumann"
+    implicit_damping: float = 0.0
+
+    def __post_init__(self):
+        if self.mode not in HYPERGRADIENT_MODES:
+            raise ValueError(f"hypergradient must be one of {HYPERGRADIENT_MODES}, got {self.mode!r}")
+        if self.mode == "finite_difference" and (self.steps != 1 or self.update != "sgd"):
+            raise ValueError("hypergradient finite_difference takes one SGD look-ahead step: "
+                             "set lookahead_steps: 1 and lookahead_update: sgd, or use exact.")
+
+
+@dataclass
+class Hypergradient:
+    """``grads`` (dF/dE for each E), the objective's value, and the diagnostic split of the
+    hypergradient: ``direct`` (d_E F at the inner answer) and ``second_order`` (grads - direct;
+    None for ``first_order``, which does not compute it)."""
+
+    grads: List[torch.Tensor]
+    value: torch.Tensor
+    direct: List[torch.Tensor] = field(default_factory=list)
+    second_order: Optional[List[torch.Tensor]] = None
+
+    def second_order_share(self):
+        """``||second-order part|| / ||direct part||`` (None when not computed)."""
+        if self.second_order is None:
+            return None
+        return (_norm(self.second_order) / _norm(self.direct).clamp(min=1e-30)).item()
+
+    def cosine_to_direct(self):
+        """Cosine between the full hypergradient and its direct part."""
+        full, direct = _flat(self.grads), _flat(self.direct)
+        return torch.nn.functional.cosine_similarity(full, direct, dim=0, eps=1e-30).item()
 
 
 class _PerExampleLossModule(nn.Module):
@@ -76,44 +138,200 @@ def proximity(llm, llm_init, beta):
     return beta * sum((e - e0).pow(2).sum() for e, e0 in zip(llm, llm_init))
 
 
-def outer_hypergradient(objective, theta, llm, llm_init, train_batch, meta_batch,
-                        outer_balancer, xi, beta, mode="first_order", shared=()):
-    """``(dF/dE for each E, F)``.
+class SGDUpdate:
+    """The look-ahead's inner update ``theta - xi * g``."""
 
-    ``theta`` and ``llm`` are the current parameter tensors (not modified); ``outer_balancer``
-    is updated with the meta batch's group losses before its weights ``lambda`` are read (an
-    MGDA balancer gets their gradients over the entries ``shared`` of ``theta'``)."""
-    if mode not in HYPERGRADIENT_MODES:
-        raise ValueError(f"hypergradient must be one of {HYPERGRADIENT_MODES}, got {mode!r}")
-    theta = [t.detach().requires_grad_() for t in theta]
-    llm = [e.detach().requires_grad_() for e in llm]
-    exact = mode == "exact"
-    lookahead_random_state = _random_state()
+    def __init__(self, xi):
+        self.xi = xi
 
-    inner = objective.inner_loss(theta, llm, train_batch)
-    inner_grads = _grad(inner, theta, create_graph=exact)
-    theta_prime = [t - xi * g for t, g in zip(theta, inner_grads)]
-    if not exact:
-        theta_prime = [t.detach().requires_grad_() for t in theta_prime]
+    def __call__(self, theta, grads):
+        return [t - self.xi * g for t, g in zip(theta, grads)]
 
-    meta_losses, meta_counts = objective.group_losses(theta_prime, llm, meta_batch)
+
+class AdamUpdate:
+    """Adam's update rule as a differentiable function, started from an ``torch.optim.Adam``'s
+    live state (its moments and step count; zeros before its first step), so the look-ahead
+    follows the step the inner optimiser would take. The optimiser itself is not changed."""
+
+    def __init__(self, optimizer, params):
+        group = optimizer.param_groups[0]
+        self.lr, (self.beta1, self.beta2) = group["lr"], group["betas"]
+        self.eps, self.weight_decay = group["eps"], group["weight_decay"]
+        states = [optimizer.state.get(p, {}) for p in params]
+        self.exp_avg = [s["exp_avg"].detach() if "exp_avg" in s else torch.zeros_like(p) for s, p in zip(states, params)]
+        self.exp_avg_sq = [s["exp_avg_sq"].detach() if "exp_avg_sq" in s else torch.zeros_like(p)
+                           for s, p in zip(states, params)]
+        self.step = int(float(states[0]["step"])) if states and "step" in states[0] else 0
+
+    def __call__(self, theta, grads):
+        self.step += 1
+        correction1, correction2 = 1 - self.beta1 ** self.step, 1 - self.beta2 ** self.step
+        updated = []
+        for i, (t, g) in enumerate(zip(theta, grads)):
+            if self.weight_decay:
+                g = g + self.weight_decay * t
+            self.exp_avg[i] = self.beta1 * self.exp_avg[i] + (1 - self.beta1) * g
+            self.exp_avg_sq[i] = self.beta2 * self.exp_avg_sq[i] + (1 - self.beta2) * g * g
+            # sqrt(v + tiny): differentiable where a parameter has had no gradient yet (v = 0)
+            denominator = torch.sqrt(self.exp_avg_sq[i] / correction2 + 1e-30) + self.eps
+            updated.append(t - self.lr * (self.exp_avg[i] / correction1) / denominator)
+        return updated
+
+
+def lookahead_update(settings, optimizer=None, params=()):
+    """The update rule of the look-ahead: SGD with ``xi``, or the inner optimiser's (Adam)."""
+    if settings.update == "optimizer" and isinstance(optimizer, torch.optim.Adam):
+        return AdamUpdate(optimizer, list(params))
+    if settings.update == "optimizer" and optimizer is not None and not isinstance(optimizer, torch.optim.SGD):
+        raise ValueError(f"lookahead_update: optimizer supports Adam and SGD inner optimisers, got "
+                         f"{type(optimizer).__name__}; use lookahead_update: sgd.")
+    lr = optimizer.param_groups[0]["lr"] if settings.update == "optimizer" and optimizer is not None else settings.xi
+    return SGDUpdate(lr)
+
+
+def unrolled_lookahead(objective, theta, llm, batch, settings, update):
+    """``theta_k``: ``settings.steps`` inner updates from ``theta`` on ``batch``. With ``exact``,
+    the graph runs through the last ``truncate`` steps (all when unset); otherwise ``theta_k``
+    is a constant."""
+    differentiable = settings.mode == "exact"
+    kept = settings.steps if settings.truncate is None else min(settings.truncate, settings.steps)
+    current = list(theta)
+    for step in range(settings.steps):
+        in_graph = differentiable and step >= settings.steps - kept
+        if not in_graph:
+            current = [t.detach().requires_grad_() for t in current]
+        grads = _grad(objective.inner_loss(current, llm, batch), current, create_graph=in_graph)
+        if not in_graph:
+            grads = [g.detach() for g in grads]
+        current = update(current, grads)
+    if not differentiable:
+        current = [t.detach().requires_grad_() for t in current]
+    return current
+
+
+def outer_objective(objective, theta, llm, llm_init, meta_batch, outer_balancer, beta, shared=()):
+    """``F`` at ``(E, theta)`` on ``meta_batch``; ``outer_balancer`` is updated with the batch's
+    group losses before its weights ``lambda`` are read (an MGDA balancer gets their gradients
+    over the entries ``shared`` of ``theta``)."""
+    meta_losses, meta_counts = objective.group_losses(theta, llm, meta_batch)
     group_gradients = (
-        group_gradients_over(meta_losses, meta_counts, [theta_prime[i] for i in shared])
+        group_gradients_over(meta_losses, meta_counts, [theta[i] for i in shared])
         if outer_balancer.needs_gradients
         else None
     )
     outer_balancer.update(meta_losses.detach(), meta_counts, group_gradients)
     lambdas = outer_balancer.weights().to(meta_losses.device)
-    objective_value = weighted_group_loss(meta_losses, meta_counts, lambdas) + proximity(llm, llm_init, beta)
+    return weighted_group_loss(meta_losses, meta_counts, lambdas) + proximity(llm, llm_init, beta)
 
-    if mode == "finite_difference":
-        direct = _grad(objective_value, llm + theta_prime)
-        direct_llm, v = direct[: len(llm)], direct[len(llm):]
-        hvp = finite_difference_mixed_hvp(objective, theta, llm, train_batch, v, lookahead_random_state)
-        grads = [d - xi * h for d, h in zip(direct_llm, hvp)]
+
+def outer_hypergradient(objective, theta, llm, llm_init, train_batch, meta_batch, outer_balancer,
+                        settings, optimizer=None, shared=()):
+    """:class:`Hypergradient` of ``F`` with respect to the LLM tables ``llm``.
+
+    ``theta`` and ``llm`` are the current parameter tensors (not modified); ``train_batch``
+    is the look-ahead's (and the implicit Hessian's) batch; ``optimizer`` is the inner
+    optimiser, whose live state ``lookahead_update: optimizer`` follows."""
+    update = lookahead_update(settings, optimizer, theta)  # the optimiser's state is keyed by theta
+    theta = [t.detach().requires_grad_() for t in theta]
+    llm = [e.detach().requires_grad_() for e in llm]
+    if settings.mode == "implicit":
+        return _implicit_hypergradient(objective, theta, llm, llm_init, train_batch, meta_batch,
+                                       outer_balancer, settings, shared)
+    lookahead_random_state = capture_random_state()
+    theta_k = unrolled_lookahead(objective, theta, llm, train_batch, settings, update)
+    theta_at = [t.detach().requires_grad_() for t in theta_k]  # F's own partials, at theta_k
+    value = outer_objective(objective, theta_at, llm, llm_init, meta_batch, outer_balancer, settings.beta, shared)
+    if settings.mode == "first_order":
+        direct = _grad(value, llm)
+        return Hypergradient(_detached(direct), value.detach(), _detached(direct))
+    grads_at = _grad(value, llm + theta_at)
+    direct, v = grads_at[: len(llm)], grads_at[len(llm):]
+    if settings.mode == "exact":
+        second = _grad(theta_k, llm, grad_outputs=v)
     else:
-        grads = _grad(objective_value, llm)
-    return [g.detach() for g in grads], objective_value.detach()
+        hvp = finite_difference_mixed_hvp(objective, theta, llm, train_batch, v, lookahead_random_state)
+        second = [-settings.xi * h for h in hvp]
+    return _split(direct, second, value)
+
+
+def _implicit_hypergradient(objective, theta, llm, llm_init, train_batch, meta_batch, outer_balancer,
+                            settings, shared):
+    """The implicit-function-theorem hypergradient at the current ``theta``."""
+    value = outer_objective(objective, theta, llm, llm_init, meta_batch, outer_balancer, settings.beta, shared)
+    grads_at = _grad(value, llm + theta)
+    direct, v = grads_at[: len(llm)], grads_at[len(llm):]
+    inner_grads = _grad(objective.inner_loss(theta, llm, train_batch), theta, create_graph=True)
+
+    def hessian_vector_product(vector):
+        return _grad(inner_grads, theta, grad_outputs=vector, retain_graph=True)
+
+    solve = neumann_inverse_hvp if settings.implicit_solver == "neumann" else conjugate_gradient_inverse_hvp
+    x = solve(hessian_vector_product, v, settings)
+    mixed = _grad(inner_grads, llm, grad_outputs=[xi.detach() for xi in x])
+    return _split(direct, [-m for m in mixed], value)
+
+
+def neumann_inverse_hvp(hvp, v, settings):
+    """``H^-1 v ~ alpha * sum_{j=0..J} (I - alpha H)^j v`` (``alpha = implicit_lr``,
+    ``J = implicit_steps``): Lorraine et al.'s approximation; converges when
+    ``alpha * ||H|| < 1``."""
+    alpha = settings.implicit_lr
+    term = [t.detach() for t in v]
+    total = [t.clone() for t in term]
+    for _ in range(settings.implicit_steps):
+        h_term = hvp(term)
+        term = [t - alpha * h.detach() for t, h in zip(term, h_term)]
+        total = [s + t for s, t in zip(total, term)]
+    return [alpha * s for s in total]
+
+
+def conjugate_gradient_inverse_hvp(hvp, v, settings):
+    """``(H + damping I)^-1 v`` by ``implicit_steps`` conjugate-gradient iterations."""
+    damping = settings.implicit_damping
+
+    def apply(vector):
+        return [h.detach() + damping * x for h, x in zip(hvp(vector), vector)]
+
+    x = [torch.zeros_like(t) for t in v]
+    residual = [t.detach().clone() for t in v]
+    direction = [r.clone() for r in residual]
+    residual_norm = _dot(residual, residual)
+    for _ in range(settings.implicit_steps):
+        if residual_norm.item() < 1e-20:
+            break
+        applied = apply(direction)
+        curvature = _dot(direction, applied)
+        if curvature.item() <= 0:  # H not positive definite along this direction: stop here
+            break
+        step = residual_norm / curvature
+        x = [xi + step * d for xi, d in zip(x, direction)]
+        residual = [r - step * a for r, a in zip(residual, applied)]
+        new_norm = _dot(residual, residual)
+        direction = [r + (new_norm / residual_norm) * d for r, d in zip(residual, direction)]
+        residual_norm = new_norm
+    return x
+
+
+def _split(direct, second, value):
+    direct, second = _detached(direct), _detached(second)
+    grads = [d + s for d, s in zip(direct, second)]
+    return Hypergradient(grads, value.detach(), direct, second)
+
+
+def _detached(tensors):
+    return [t.detach() for t in tensors]
+
+
+def _dot(a, b):
+    return sum((x * y).sum() for x, y in zip(a, b))
+
+
+def _flat(tensors):
+    return torch.cat([t.flatten() for t in tensors])
+
+
+def _norm(tensors):
+    return torch.sqrt(sum((t.double() ** 2).sum() for t in tensors))
 
 
 def group_gradients_over(group_losses, counts, params):
@@ -136,32 +354,40 @@ def finite_difference_mixed_hvp(objective, theta, llm, batch, v, random_state):
     with, so all three share their dropout masks."""
     norm = torch.sqrt(sum((t.detach() ** 2).sum() for t in v))
     eps = 0.01 / norm.clamp(min=1e-12)
-    after = _random_state()
+    after = capture_random_state()
 
     def grad_llm_at(sign):
-        _set_random_state(random_state)
+        restore_random_state(random_state)
         shifted = [(t + sign * eps * d).detach() for t, d in zip(theta, v)]
         loss = objective.inner_loss(shifted, llm, batch)
         return _grad(loss, llm)
 
     plus, minus = grad_llm_at(1.0), grad_llm_at(-1.0)
-    _set_random_state(after)
+    restore_random_state(after)
     return [(p - m) / (2 * eps) for p, m in zip(plus, minus)]
 
 
 def _grad(output, inputs, **kwargs):
     """``torch.autograd.grad`` with zeros for inputs the output does not depend on: a backbone
     need not use every parameter in its loss (BPR scores items through ``item_embedding(ids)``
-    only, so the layer's empty extra rows never enter the graph)."""
-    grads = torch.autograd.grad(output, inputs, allow_unused=True, **kwargs)
+    only, so the layer's empty extra rows never enter the graph). ``output`` may be a list
+    (then ``grad_outputs`` weights it)."""
+    outputs = output if isinstance(output, (list, tuple)) else [output]
+    kept = [i for i, o in enumerate(outputs) if o.requires_grad]
+    if "grad_outputs" in kwargs:
+        kwargs["grad_outputs"] = [kwargs["grad_outputs"][i] for i in kept]
+    if not kept:
+        return [torch.zeros_like(x) for x in inputs]
+    grads = torch.autograd.grad([outputs[i] for i in kept], inputs, allow_unused=True, **kwargs)
     return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)]
 
 
-def _random_state():
+def capture_random_state():
+    """The CPU and CUDA random states (dropout masks), to replay or restore."""
     return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
 
 
-def _set_random_state(state):
+def restore_random_state(state):
     cpu, cuda = state
     torch.set_rng_state(cpu)
     if cuda is not None:

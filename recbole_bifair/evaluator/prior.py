@@ -1,0 +1,152 @@
+"""The prior-unfairness report: how fair the LLM item representations are on their own [ours].
+
+The paper splits unfairness into prior unfairness, already in the LLM item table ``E``, and
+training unfairness, added by training. This module is our reconstruction of that
+decomposition's first part. It uses a recommender that needs no training. A user's vector is the
+mean of the table rows of the items in their history, and every item is scored by its cosine
+similarity to that vector. The recommender is then evaluated the way the run evaluates its own
+model: the trainer's ``evaluate``, the same collector (item groups, re-ranker), the same metrics
+and ``topk``, the same split and protocol.
+
+History: for a sequential model, the evaluated row's item sequence (padding 0 ignored, up to the
+row's length); for a general model, the user's interactions in the training split. RecBole's
+full-ranking evaluation masks history items as it does for the model (a general model's known
+items; nothing for sequential models).
+
+    from recbole_bifair.evaluator import prior_fairness
+    report = prior_fairness(model, trainer, test_data, train_data=train_data)
+    report["E0"]["ndcggap@10"], report["E"]["ndcggap@10"]
+
+``E0`` is the LLM's own table (``llm_weight_init``) and ``E`` the current table
+(``llm_weight``), both of the model's first LLM layer. Both are always evaluated. ``E`` equals
+``E0`` for ``LLM<Backbone>`` models with the default ``llm_freeze`` and for BiFair with the
+outer level off.
+"""
+import torch
+import torch.nn.functional as F
+from recbole.utils import ModelType, set_color
+from torch import nn
+
+from recbole_bifair.errors import BiFairInputError
+
+TABLES = ("E0", "E")
+REPORT_TITLE = "prior fairness (cosine recommender over E0 / learned E)"
+
+
+class CosineRecommender(nn.Module):
+    """A recommender with no training over an item table ``[n_items, d]`` (row 0 = padding).
+    ``score(u, i) = cos(mean of the rows of u's history, table[i])``.
+
+    ``sequential``: the history is the interaction's item sequence
+    (``ITEM_ID_FIELD + LIST_SUFFIX``, length ``ITEM_LIST_LENGTH_FIELD``). Otherwise it is the
+    ``(user_ids, item_ids)`` pairs of ``history``, e.g. the training split's interactions, and
+    ``n_users`` sizes the table of user vectors. A user without history gets a zero vector
+    (every score 0).
+    """
+
+    def __init__(self, table, config, sequential, history=None, n_users=None):
+        super().__init__()
+        table = table.detach().float().clone()
+        self.register_buffer("table", table)
+        self.register_buffer("unit_table", F.normalize(table, dim=1))  # zero rows stay zero
+        self.USER_ID = config["USER_ID_FIELD"]
+        self.ITEM_ID = config["ITEM_ID_FIELD"]
+        self.sequential = sequential
+        if sequential:
+            self.ITEM_SEQ = self.ITEM_ID + config["LIST_SUFFIX"]
+            self.ITEM_SEQ_LEN = config["ITEM_LIST_LENGTH_FIELD"]
+            return
+        if history is None or n_users is None:
+            raise BiFairInputError(
+                "The cosine recommender of a general model needs the users' history: pass train_data."
+            )
+        users, items = (torch.as_tensor(ids, device=table.device).long() for ids in history)
+        sums = table.new_zeros(n_users, table.shape[1]).index_add_(0, users, table[items])
+        counts = torch.bincount(users, minlength=n_users).clamp(min=1).unsqueeze(1)
+        self.register_buffer("user_vectors", sums / counts)
+
+    @classmethod
+    def for_run(cls, table, config, train_dataset=None):
+        """The recommender for a run's ``config``; a general model's history is the training
+        split ``train_dataset`` (what ``dataset.history_item_matrix()`` holds)."""
+        if config["MODEL_TYPE"] == ModelType.SEQUENTIAL:
+            return cls(table, config, sequential=True)
+        if train_dataset is None:
+            return cls(table, config, sequential=False)  # raises the error above
+        inter = train_dataset.inter_feat
+        history = (inter[config["USER_ID_FIELD"]], inter[config["ITEM_ID_FIELD"]])
+        return cls(table, config, sequential=False, history=history, n_users=train_dataset.user_num)
+
+    def user_vectors_of(self, interaction):
+        """[batch, d] mean of the history rows of each interaction row."""
+        if not self.sequential:
+            return self.user_vectors[interaction[self.USER_ID].long()]
+        seq = interaction[self.ITEM_SEQ].long()
+        positions = torch.arange(seq.shape[1], device=seq.device).unsqueeze(0)
+        n_rows = self.table.shape[0]
+        keep = (seq > 0) & (seq < n_rows)  # padding (and rows that are no items) ignored
+        keep &= positions < interaction[self.ITEM_SEQ_LEN].unsqueeze(1)
+        rows = self.table[seq.clamp(max=n_rows - 1)] * keep.unsqueeze(-1)
+        return rows.sum(dim=1) / keep.sum(dim=1, keepdim=True).clamp(min=1)
+
+    def full_sort_predict(self, interaction):
+        """[batch, n_items] cosine scores of every item."""
+        users = F.normalize(self.user_vectors_of(interaction), dim=1)
+        return users @ self.unit_table.t()
+
+    def predict(self, interaction):
+        """[batch] cosine score of each row's item (sampled evaluation)."""
+        users = F.normalize(self.user_vectors_of(interaction), dim=1)
+        return (users * self.unit_table[interaction[self.ITEM_ID].long()]).sum(dim=1)
+
+
+def evaluate_table(table, trainer, eval_data, train_data=None, show_progress=False):
+    """RecBole's result dict ({metric: value}, the keys of the run's own evaluation) of the
+    cosine recommender over ``table`` on ``eval_data``, through ``trainer.evaluate`` with the
+    trainer's model swapped for the recommender meanwhile. ``train_data`` gives a general
+    model's history, and the item groups when the trainer has not collected them yet (no
+    ``fit``). None when ``eval_data`` is None."""
+    if not eval_data:
+        return None
+    config = trainer.config
+    recommender = CosineRecommender.for_run(
+        table.to(trainer.device), config, None if train_data is None else train_data._dataset)
+    collector = trainer.eval_collector
+    if train_data is not None and getattr(collector, "item_groups", None) is None:
+        collector.data_collect(train_data)
+    model, wandb = trainer.model, trainer.wandblogger
+    log_wandb = getattr(wandb, "log_wandb", False)
+    trainer.model, wandb.log_wandb = recommender, False  # not reported as the model's "eval"
+    try:
+        result = trainer.evaluate(eval_data, load_best_model=False, show_progress=show_progress)
+    finally:
+        trainer.model, wandb.log_wandb = model, log_wandb
+    return dict(result)
+
+
+def prior_fairness(model, trainer, eval_data, train_data=None, show_progress=False):
+    """``{"E0": {metric: value}, "E": {metric: value}}``: the run's metrics on ``eval_data`` of
+    the cosine recommender over the LLM's own table ``E0`` (``llm_weight_init``) and over the
+    current table ``E`` (``llm_weight``) of ``model``'s first LLM layer. ``trainer`` is the
+    run's trainer; ``train_data`` is needed for general models (their users' history) and
+    before ``trainer.fit`` (item groups). None when ``eval_data`` is None."""
+    layers = model.llm_item_embeddings() if hasattr(model, "llm_item_embeddings") else []
+    if not layers:
+        raise BiFairInputError(
+            f"{type(model).__name__} has no LLM item layer: the prior-fairness report needs an "
+            "LLM<Backbone> or BiFair<Backbone> model (or another plugin family).")
+    layer = layers[0]
+    if not eval_data:
+        return None
+    tables = {"E0": layer.llm_weight_init, "E": layer.llm_weight}
+    return {
+        name: evaluate_table(tables[name], trainer, eval_data, train_data, show_progress)
+        for name in TABLES
+    }
+
+
+def format_prior_fairness(report):
+    """The report as one log block, a line per table."""
+    lines = [f"  {name:<2}: {report[name]}" for name in TABLES]
+    return set_color(REPORT_TITLE, "yellow") + ":\n" + "\n".join(lines)
+

@@ -1,0 +1,144 @@
+"""The hypergradients that carry the inner level's response to E, on small float64 problems
+with a known answer: the unrolled look-ahead through Adam's live state against numerical
+differentiation, the implicit (IFT) hypergradient against the derivative of the inner level's
+exact solution, and the diagnostic split into direct and second-order parts."""
+import pytest
+import torch
+
+from recbole_bifair.trainer.balancer import UniformBalancer
+from recbole_bifair.trainer.bilevel import AdamUpdate, HypergradientSettings, outer_hypergradient
+
+N_THETA, N_LLM, RIDGE = 6, 4, 0.5
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """These problems are checked in float64; other tests keep torch's default."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+class RidgeObjective:
+    """Inner loss ``||A theta - B E||^2 + ridge ||theta||^2`` (strongly convex in theta, so
+    ``theta*(E)`` has a closed form); two "groups" on the meta batch, ``||C_g theta - d_g||^2``
+    plus a direct term ``0.1 ||E||^2``. ``E`` is one ``[N_LLM]`` table."""
+
+    def __init__(self, seed=0):
+        generator = torch.Generator().manual_seed(seed)
+        self.a = torch.randn(8, N_THETA, generator=generator, dtype=torch.float64)
+        self.b = torch.randn(8, N_LLM, generator=generator, dtype=torch.float64)
+        self.c = torch.randn(2, 3, N_THETA, generator=generator, dtype=torch.float64)
+        self.d = torch.randn(2, 3, generator=generator, dtype=torch.float64)
+
+    def inner_loss(self, theta, llm, batch):
+        (t,), (e,) = theta, llm
+        return (self.a @ t - self.b @ e).pow(2).sum() + RIDGE * t.pow(2).sum()
+
+    def group_losses(self, theta, llm, batch):
+        (t,), (e,) = theta, llm
+        losses = (torch.einsum("gij,j->gi", self.c, t) - self.d).pow(2).sum(dim=1) + 0.1 * e.pow(2).sum()
+        return losses, torch.tensor([3, 3])
+
+    def solution(self, e):
+        hessian = self.a.T @ self.a + RIDGE * torch.eye(N_THETA)
+        return torch.linalg.solve(hessian, self.a.T @ (self.b @ e))
+
+    def outer_value(self, theta, e):
+        losses, _ = self.group_losses([theta], [e], None)
+        return losses.mean()
+
+
+def numerical_gradient(function, e, h=1e-6):
+    grad = torch.zeros_like(e)
+    for i in range(e.numel()):
+        step = torch.zeros_like(e)
+        step[i] = h
+        grad[i] = (function(e + step) - function(e - step)) / (2 * h)
+    return grad
+
+
+def hypergradient(objective, theta, e, settings, optimizer=None):
+    return outer_hypergradient(objective, [theta], [e], [torch.zeros_like(e)], None, None, UniformBalancer(2),
+                               settings, optimizer=optimizer)
+
+
+def adam_with_history(theta, steps=3, lr=0.05):
+    """An Adam optimiser over a copy of ``theta`` that has taken ``steps`` real steps."""
+    param = torch.nn.Parameter(theta.clone())
+    optimizer = torch.optim.Adam([param], lr=lr)
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        param.grad = torch.randn(param.shape, generator=generator, dtype=torch.float64)
+        optimizer.step()
+    return param, optimizer
+
+
+def test_differentiable_adam_step_is_the_optimisers_own_step():
+    theta = torch.randn(N_THETA)
+    param, optimizer = adam_with_history(theta)
+    grad = torch.randn(N_THETA)
+    (predicted,) = AdamUpdate(optimizer, [param])([param.detach()], [grad])
+    param.grad = grad.clone()
+    optimizer.step()
+    assert torch.allclose(predicted, param.detach(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("update", ["sgd", "optimizer"])
+def test_unrolled_exact_hypergradient_matches_numerical_differentiation(update):
+    objective = RidgeObjective()
+    theta, e = torch.randn(N_THETA), torch.randn(N_LLM)
+    param, optimizer = adam_with_history(theta)
+    settings = HypergradientSettings(mode="exact", xi=0.01, steps=3, update=update)
+    result = hypergradient(objective, param, e, settings, optimizer)
+
+    def unrolled_value(table):
+        rule = AdamUpdate(optimizer, [param]) if update == "optimizer" else None
+        t = param.detach().clone().requires_grad_()
+        for _ in range(3):
+            (g,) = torch.autograd.grad(objective.inner_loss([t], [table], None), [t])
+            t = rule([t], [g])[0] if rule else t - 0.01 * g
+            t = t.detach().requires_grad_()
+        return objective.outer_value(t.detach(), table)
+
+    assert torch.allclose(result.grads[0], numerical_gradient(unrolled_value, e), rtol=1e-5, atol=1e-7)
+    assert torch.allclose(result.grads[0], result.direct[0] + result.second_order[0])
+    assert result.second_order_share() > 1e-3
+
+
+def test_truncated_unroll_keeps_only_the_last_steps_in_the_graph():
+    objective = RidgeObjective()
+    theta, e = torch.randn(N_THETA), torch.randn(N_LLM)
+    full = hypergradient(objective, theta, e, HypergradientSettings(mode="exact", xi=0.01, steps=4))
+    truncated = hypergradient(objective, theta, e, HypergradientSettings(mode="exact", xi=0.01, steps=4, truncate=1))
+    one_step_share = truncated.second_order_share()
+    assert 0 < one_step_share < full.second_order_share()
+    assert torch.allclose(full.direct[0], truncated.direct[0])
+
+
+@pytest.mark.parametrize("solver, steps, lr", [("cg", 20, 0.01), ("neumann", 3000, 0.012)])
+def test_implicit_hypergradient_is_the_derivative_of_the_inner_solution(solver, steps, lr):
+    objective = RidgeObjective()
+    e = torch.randn(N_LLM)
+    theta_star = objective.solution(e)
+    settings = HypergradientSettings(mode="implicit", implicit_solver=solver, implicit_steps=steps, implicit_lr=lr)
+    result = hypergradient(objective, theta_star, e, settings)
+    expected = numerical_gradient(lambda table: objective.outer_value(objective.solution(table), table), e)
+    assert torch.allclose(result.grads[0], expected, rtol=1e-4, atol=1e-6)
+    first_order = hypergradient(objective, theta_star, e, HypergradientSettings(mode="first_order"))
+    assert not torch.allclose(first_order.grads[0], expected, rtol=1e-2)
+    assert first_order.second_order is None and result.second_order_share() > 0.01
+
+
+def test_finite_difference_refuses_a_multi_step_lookahead():
+    with pytest.raises(ValueError, match="lookahead_steps: 1"):
+        HypergradientSettings(mode="finite_difference", steps=2)
+
+
+def test_cosine_to_direct_is_one_without_second_order_part():
+    objective = RidgeObjective()
+    theta, e = torch.randn(N_THETA), torch.randn(N_LLM)
+    zero_step = hypergradient(objective, theta, e, HypergradientSettings(mode="exact", xi=0.0))
+    assert zero_step.second_order_share() == pytest.approx(0.0, abs=1e-12)
+    assert zero_step.cosine_to_direct() == pytest.approx(1.0)
