@@ -95,6 +95,28 @@ def test_first_order_diagnostic_does_not_change_training(tiny):
     assert runs[0][1] == [] and runs[1][1][0]["outer_steps"] == len(train_data) - 1
 
 
+def test_first_order_diagnostic_sees_the_outer_balancer_as_the_step_did(tiny):
+    """The exact hypergradient of the diagnostic weights the groups as the outer step it
+    measures did: its copy of the outer balancer is taken before that step updated it."""
+    _, train_data, _, _, model, trainer = tiny(outer_every=1, balancer="dro", hypergradient_diagnostic_every=1)
+    trainer._set_up_groups(train_data)
+    model.train()
+    batches = iter(train_data)
+    first, second = next(batches), next(batches)
+    seen, hypergradient = [], trainer._hypergradient
+
+    def spy(train_batch, meta_batch, settings, outer_balancer):
+        seen.append((settings.mode, outer_balancer.state_dict()["q"].clone()))
+        return hypergradient(train_batch, meta_batch, settings, outer_balancer)
+
+    trainer._hypergradient = spy
+    trainer._outer_step(first, second, 0, 1)
+    (first_mode, q_step), (diagnostic_mode, q_diagnostic) = seen
+    assert (first_mode, diagnostic_mode) == ("first_order", "exact")
+    assert torch.equal(q_step, q_diagnostic)
+    assert not torch.equal(q_step, trainer.outer_balancer.state_dict()["q"])
+
+
 def test_joint_control_moves_e_in_the_inner_step_without_outer_steps(tiny):
     _, train_data, _, _, model, trainer = tiny(llm_update="joint", hypergradient_diagnostic_every=1)
     trainer._set_up_groups(train_data)
@@ -105,6 +127,14 @@ def test_joint_control_moves_e_in_the_inner_step_without_outer_steps(tiny):
     trainer._before_inner_step(first, second, 0, 0)
     assert torch.equal(before, model.llm_parameters()[0])
     trainer._inner_step(second, 0, 1)
+    assert not torch.equal(before, model.llm_parameters()[0])
+
+
+@pytest.mark.parametrize("balancer", ["softmax", "mgda"])
+def test_residual_projector_trains(tiny, balancer):
+    _, train_data, _, _, model, trainer = tiny(projector_residual=True, balancer=balancer, outer_every=1)
+    before = model.llm_parameters()[0].detach().clone()
+    trainer.fit(train_data, None, saved=False)
     assert not torch.equal(before, model.llm_parameters()[0])
 
 
@@ -193,3 +223,11 @@ def test_best_epoch_is_the_epoch_recbole_keeps(scores, bigger, expected):
     from recbole_bifair.quick_start import best_epoch
 
     assert best_epoch(scores, bigger) == expected
+
+
+def test_joint_control_with_the_outer_level_off_keeps_e_fixed(tiny):
+    _, train_data, _, _, model, trainer = tiny(llm_update="joint", bifair_outer=False)
+    before = model.llm_parameters()[0].detach().clone()
+    trainer.fit(train_data, None, saved=False)
+    assert torch.equal(before, model.llm_parameters()[0])
+    assert "outer" not in trainer._balancers(in_use_only=True)

@@ -85,6 +85,58 @@ def test_differentiable_adam_step_is_the_optimisers_own_step():
     assert torch.allclose(predicted, param.detach(), rtol=1e-10, atol=1e-12)
 
 
+def test_adam_step_follows_each_parameters_own_step_count():
+    """A parameter that never had a gradient (a backbone's empty extra rows, first in theta)
+    has no optimiser state: the others' step counts must still set their bias corrections."""
+    unused = torch.nn.Parameter(torch.zeros(0, 3))
+    param = torch.nn.Parameter(torch.randn(N_THETA))
+    optimizer = torch.optim.Adam([unused, param], lr=0.05)
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        param.grad = torch.randn(param.shape, generator=generator, dtype=torch.float64)
+        optimizer.step()
+    grad = torch.randn(N_THETA)
+    _, predicted = AdamUpdate(optimizer, [unused, param])([unused.detach(), param.detach()], [torch.zeros(0, 3), grad])
+    param.grad = grad.clone()
+    optimizer.step()
+    assert torch.allclose(predicted, param.detach(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("optimizer_class", [torch.optim.Adam, torch.optim.AdamW])
+def test_adam_step_applies_the_optimisers_own_weight_decay(optimizer_class):
+    theta = torch.randn(N_THETA)
+    param = torch.nn.Parameter(theta.clone())
+    optimizer = optimizer_class([param], lr=0.05, weight_decay=0.1)
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        param.grad = torch.randn(param.shape, generator=generator, dtype=torch.float64)
+        optimizer.step()
+    grad = torch.randn(N_THETA)
+    (predicted,) = AdamUpdate(optimizer, [param])([param.detach()], [grad])
+    param.grad = grad.clone()
+    optimizer.step()
+    assert torch.allclose(predicted, param.detach(), rtol=1e-10, atol=1e-12)
+
+
+def test_sgd_optimizer_step_applies_its_weight_decay():
+    from recbole_bifair.trainer.bilevel import lookahead_update
+
+    param = torch.nn.Parameter(torch.randn(N_THETA))
+    optimizer = torch.optim.SGD([param], lr=0.05, weight_decay=0.1)
+    grad = torch.randn(N_THETA)
+    rule = lookahead_update(HypergradientSettings(mode="exact", update="optimizer"), optimizer, [param])
+    (predicted,) = rule([param.detach()], [grad])
+    param.grad = grad.clone()
+    optimizer.step()
+    assert torch.allclose(predicted, param.detach(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("key, value", [("update", "adam"), ("implicit_solver", "CG")])
+def test_settings_refuse_unknown_update_rules_and_solvers(key, value):
+    with pytest.raises(ValueError, match=key.replace("update", "lookahead_update")):
+        HypergradientSettings(**{key: value})
+
+
 @pytest.mark.parametrize("update", ["sgd", "optimizer"])
 def test_unrolled_exact_hypergradient_matches_numerical_differentiation(update):
     objective = RidgeObjective()

@@ -128,3 +128,22 @@ def test_pca_id_init_comes_from_the_llm_table_and_random_from_the_backbone(tiny)
 def test_bad_option_values_are_one_clear_error(tiny, key, value):
     with pytest.raises(BiFairInputError, match=key):
         tiny("LLMSASRec", **{key: value})
+
+
+def test_residual_projector_drops_the_same_features_on_both_paths():
+    projector = build_projector(12, 4, residual=True, input_dropout=0.5, dropout=0.0).train()
+    x = torch.randn(6, 12)
+    torch.manual_seed(3)
+    out = projector(x)
+    torch.manual_seed(3)
+    dropped = nn.functional.dropout(x, 0.5, training=True)
+    assert torch.allclose(out, projector.mlp(dropped) + projector.skip(dropped), atol=1e-6)
+
+
+def test_pca_id_table_comes_from_the_table_as_loaded_when_whitened(tiny):
+    *_, whitened, _ = tiny("LLMSASRec", llm_view="dual", llm_preprocess="whiten")
+    *_, plain, _ = tiny("LLMSASRec", llm_view="dual")
+    assert torch.allclose(whitened.llm_item_embeddings()[0].dual_view.id_weight,
+                          plain.llm_item_embeddings()[0].dual_view.id_weight, atol=1e-6)
+    column_variances = whitened.llm_item_embeddings()[0].dual_view.id_weight[1:].var(dim=0)
+    assert column_variances[0] > 2 * column_variances[-1]

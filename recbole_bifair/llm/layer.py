@@ -54,32 +54,45 @@ def build_projector(input_dim, output_dim, n_layers=2, hidden_dim=None, activati
     _check_dropout("projector_input_dropout", input_dropout)
     hidden_dim = hidden_dim or max(1, input_dim // 2)
     widths = [input_dim] + [hidden_dim] * (n_layers - 1) + [output_dim]
-    layers = [nn.Dropout(input_dropout)] if input_dropout else []
+    layers = []
     for i in range(n_layers):
         layers.append(nn.Linear(widths[i], widths[i + 1]))
         if i < n_layers - 1:
             layers += [ACTIVATIONS[activation](), nn.Dropout(dropout)]
-    mlp = nn.Sequential(*layers)
-    return ResidualProjector(mlp, input_dim, output_dim) if residual else mlp
+    if residual:
+        return ResidualProjector(nn.Sequential(*layers), input_dim, output_dim, input_dropout)
+    return nn.Sequential(*([nn.Dropout(input_dropout)] if input_dropout else []), *layers)
+
+
+def projector_output_parameters(projector):
+    """The parameters of the projector's output layer(s): the last linear layer, and with a
+    residual path the linear map beside it."""
+    if isinstance(projector, ResidualProjector):
+        return list(projector.mlp[-1].parameters()) + list(projector.skip.parameters())
+    return list(projector[-1].parameters())
 
 
 class ResidualProjector(nn.Module):
-    """``mlp(x) + W x``: the projector with a linear path beside it."""
+    """``mlp(d(x)) + W d(x)``: the projector with a linear path beside it, ``d`` the dropout on
+    the LLM features (both paths see the same dropped features)."""
 
-    def __init__(self, mlp, input_dim, output_dim):
+    def __init__(self, mlp, input_dim, output_dim, input_dropout=0.0):
         super().__init__()
+        self.input_dropout = nn.Dropout(input_dropout)
         self.mlp = mlp
         self.skip = nn.Linear(input_dim, output_dim, bias=False)
 
     def forward(self, x):
+        x = self.input_dropout(x)
         return self.mlp(x) + self.skip(x)
 
 
 def preprocess_llm_table(table, mode, padding_idx=0, eps=1e-6):
     """The LLM table as the layer holds it: ``none``, ``center`` (subtract the items' mean),
     ``whiten`` (PCA whitening: centred, rotated onto the principal axes, each scaled to unit
-    variance) or ``l2`` (unit-length rows). Statistics are over the item rows, never the padding
-    row, which stays zero."""
+    variance; the width becomes ``min(d, n_items)``, the number of principal axes) or ``l2``
+    (unit-length rows). Statistics are over the item rows, never the padding row, which stays
+    zero."""
     if mode not in LLM_PREPROCESSING:
         raise BiFairInputError(f"llm_preprocess must be one of {', '.join(LLM_PREPROCESSING)}; got {mode!r}.")
     table = torch.as_tensor(table, dtype=torch.float32).clone()

@@ -107,6 +107,7 @@ def llm_item_embedding_for(table, llm_table, config, freeze):
             f"{table.num_embeddings}: the embedding file does not match this dataset."
         )
     padding_idx = 0 if table.padding_idx is None else table.padding_idx
+    raw_llm_table = llm_table
     llm_table = preprocess_llm_table(llm_table, choice(config, "llm_preprocess", LLM_PREPROCESSING), padding_idx)
     projector = build_projector(
         llm_table.shape[1],
@@ -121,14 +122,15 @@ def llm_item_embedding_for(table, llm_table, config, freeze):
     fusion, id_init = choice(config, "dual_fusion", DUAL_FUSIONS), choice(config, "dual_id_init", ID_INITS)
     dual_view = None
     if choice(config, "llm_view", LLM_VIEWS) == "dual":
-        dual_view = DualView(id_table_for(table, llm_table, id_init, padding_idx), fusion)
+        dual_view = DualView(id_table_for(table, raw_llm_table, id_init, padding_idx), fusion)
     return LLMItemEmbedding(llm_table, projector, freeze=freeze, padding_idx=padding_idx,
                             n_extra_rows=n_extra_rows, dual_view=dual_view)
 
 
 def id_table_for(table, llm_table, id_init, padding_idx):
     """The dual view's ID table: the backbone's own initialised item table (``random``), or the
-    LLM table's principal components at the backbone's initial scale (``pca``)."""
+    principal components of the LLM table as loaded (before ``llm_preprocess``: whitened
+    vectors have no leading components) at the backbone's initial scale (``pca``)."""
     own = table.weight.detach()[: llm_table.shape[0]]
     if id_init == "random":
         return own.clone()

@@ -103,9 +103,12 @@ class BiFairTrainer(GroupFairTrainer):
 
     def _outer_step(self, train_batch, meta_batch, epoch_idx, step):
         """One update of E on the fairness-aware objective (``bilevel``)."""
+        due = (self.hypergradient.mode == "first_order" and self.diagnostic_every
+               and self._outer_steps % self.diagnostic_every == 0)
+        balancer_before = copy.deepcopy(self.outer_balancer) if due else None  # as this step sees it
         result = self._hypergradient(train_batch, meta_batch, self.hypergradient, self.outer_balancer)
         self._check_finite(result.value, "outer", epoch_idx, step)
-        self._record_diagnostic(result, train_batch, meta_batch)
+        self._record_diagnostic(result, train_batch, meta_batch, balancer_before)
         self._outer_steps += 1
         self._apply_to_llm_tables(result.grads)
 
@@ -123,16 +126,17 @@ class BiFairTrainer(GroupFairTrainer):
             shared=self._shared_index,
         )
 
-    def _record_diagnostic(self, result, train_batch, meta_batch):
+    def _record_diagnostic(self, result, train_batch, meta_batch, balancer_before=None):
         """The second-order share of this step's hypergradient; a ``first_order`` run computes
-        the ``exact`` one's split every ``hypergradient_diagnostic_every`` outer steps, on a
-        copy of the outer balancer, without using it."""
+        the ``exact`` one's split every ``hypergradient_diagnostic_every`` outer steps, on
+        ``balancer_before``, a copy of the outer balancer taken before this step updated it
+        (so both see the same group weights), without using it."""
         if result.second_order is None:
-            if not self.diagnostic_every or self._outer_steps % self.diagnostic_every:
+            if balancer_before is None:
                 return
             settings = replace(self.hypergradient, mode="exact")
             training_random_state = capture_random_state()  # the diagnostic must not change training
-            result = self._hypergradient(train_batch, meta_batch, settings, copy.deepcopy(self.outer_balancer))
+            result = self._hypergradient(train_batch, meta_batch, settings, balancer_before)
             restore_random_state(training_random_state)
         self._epoch_diagnostics.append((result.second_order_share(), result.cosine_to_direct()))
 
@@ -147,20 +151,26 @@ class BiFairTrainer(GroupFairTrainer):
 
     def _inner_step(self, interaction, epoch_idx, step):
         """The inner step; with ``llm_update: joint`` (a single-level control) E also takes the
-        inner loss's gradient there, with the outer optimiser, and there is no outer step."""
-        if self.llm_update != "joint":
+        inner loss's gradient there, with the outer optimiser, and there is no outer step
+        (``bifair_outer: False`` keeps E fixed in both schemes)."""
+        if not self._joint:
             return super()._inner_step(interaction, epoch_idx, step)
         self.outer_optimizer.zero_grad()
         self.optimizer.zero_grad()
         loss = self._inner_loss(interaction)
         self._check_finite(loss, "inner", epoch_idx, step)
         loss.backward()
-        distributed.average_gradients(list(self.model.parameters()))
-        if self.clip_grad_norm:
-            clip_grad_norm_(self.model.parameters(), **self.clip_grad_norm)
-        self.optimizer.step()
-        self.outer_optimizer.step()
+        for params, optimizer in ((self.model.inner_parameters(), self.optimizer),
+                                  (self.model.llm_parameters(), self.outer_optimizer)):
+            distributed.average_gradients(params)
+            if self.clip_grad_norm:
+                clip_grad_norm_(params, **self.clip_grad_norm)
+            optimizer.step()
         return loss.item()
+
+    @property
+    def _joint(self):
+        return self.outer_enabled and self.llm_update == "joint"
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         self._epoch_diagnostics = []
@@ -185,7 +195,8 @@ class BiFairTrainer(GroupFairTrainer):
 
     def _balancers(self, in_use_only=False):
         balancers = super()._balancers(in_use_only)
-        if self.outer_balancer is not None and (self.outer_enabled or not in_use_only):
+        outer_in_use = self.outer_enabled and self.llm_update == "outer"
+        if self.outer_balancer is not None and (outer_in_use or not in_use_only):
             balancers["outer"] = self.outer_balancer
         return balancers
 
@@ -203,8 +214,8 @@ def hypergradient_diagnostic(model_file, n_batches=8, hypergradient="exact", **s
     batches (look-ahead batch, meta batch) of ``||second-order part|| / ||direct part||`` and
     the cosine between the full hypergradient and its direct part, for ``hypergradient``
     (``exact`` or ``implicit``; ``finite_difference``) and any other setting of
-    ``HypergradientSettings`` (``steps``, ``update``, ...). The balancers and the inner
-    optimiser start fresh: their state is not part of what this measures."""
+    ``HypergradientSettings`` (``steps``, ``update``, ...). The inner optimiser's state is the
+    checkpoint's; the balancers start fresh (uniform-like weights)."""
     import torch
 
     from recbole_bifair.quick_start import load_data_and_model
@@ -214,6 +225,9 @@ def hypergradient_diagnostic(model_file, n_batches=8, hypergradient="exact", **s
     config, model, _, train_data, _, _ = load_data_and_model(model_file)
     trainer = BiFairTrainer(config, model)
     trainer._set_up_groups(train_data)
+    checkpoint = torch.load(model_file, map_location=trainer.device, weights_only=False)
+    if "optimizer" in checkpoint:  # lookahead_update: optimizer follows the trained Adam state
+        trainer.optimizer.load_state_dict(checkpoint["optimizer"])
     settings = replace(trainer.hypergradient, mode=hypergradient, **settings)
     model.train()
     shares, cosines, previous = [], [], None

@@ -21,7 +21,7 @@ the outer balancer's weights and ``B_meta`` a batch the inner level has not used
 - ``implicit`` (implicit function theorem at the current inner iterate, as Lorraine et al.,
   2020): ``dF/dE = d_E F - (d^2 L_in / dE dtheta) H^-1 d_theta F``, ``H`` the Hessian of
   ``L_in`` in ``theta``, ``H^-1 v`` by a Neumann series (``implicit_solver: neumann``,
-  ``implicit_steps`` terms, step ``implicit_lr``) or conjugate gradients (``cg``,
+  ``implicit_steps + 1`` terms, step ``implicit_lr``) or conjugate gradients (``cg``,
   ``implicit_steps`` iterations, damping ``implicit_damping``).
 
 Every call also returns the split of the hypergradient into its direct part and second-order
@@ -59,6 +59,10 @@ class HypergradientSettings:
     def __post_init__(self):
         if self.mode not in HYPERGRADIENT_MODES:
             raise ValueError(f"hypergradient must be one of {HYPERGRADIENT_MODES}, got {self.mode!r}")
+        if self.update not in LOOKAHEAD_UPDATES:
+            raise ValueError(f"lookahead_update must be one of {LOOKAHEAD_UPDATES}, got {self.update!r}")
+        if self.implicit_solver not in IMPLICIT_SOLVERS:
+            raise ValueError(f"implicit_solver must be one of {IMPLICIT_SOLVERS}, got {self.implicit_solver!r}")
         if self.mode == "finite_difference" and (self.steps != 1 or self.update != "sgd"):
             raise ValueError("hypergradient finite_difference takes one SGD look-ahead step: "
                              "set lookahead_steps: 1 and lookahead_update: sgd, or use exact.")
@@ -139,36 +143,41 @@ def proximity(llm, llm_init, beta):
 
 
 class SGDUpdate:
-    """The look-ahead's inner update ``theta - xi * g``."""
+    """The look-ahead's inner update ``theta - xi * (g + weight_decay * theta)``."""
 
-    def __init__(self, xi):
-        self.xi = xi
+    def __init__(self, xi, weight_decay=0.0):
+        self.xi, self.weight_decay = xi, weight_decay
 
     def __call__(self, theta, grads):
-        return [t - self.xi * g for t, g in zip(theta, grads)]
+        return [t - self.xi * (g + self.weight_decay * t if self.weight_decay else g) for t, g in zip(theta, grads)]
 
 
 class AdamUpdate:
     """Adam's update rule as a differentiable function, started from an ``torch.optim.Adam``'s
-    live state (its moments and step count; zeros before its first step), so the look-ahead
-    follows the step the inner optimiser would take. The optimiser itself is not changed."""
+    live state (its moments and each parameter's own step count; zeros before its first step),
+    so the look-ahead follows the step the inner optimiser would take, AdamW's decoupled weight
+    decay included. The optimiser itself is not changed."""
 
     def __init__(self, optimizer, params):
         group = optimizer.param_groups[0]
         self.lr, (self.beta1, self.beta2) = group["lr"], group["betas"]
         self.eps, self.weight_decay = group["eps"], group["weight_decay"]
+        self.decoupled = bool(group.get("decoupled_weight_decay", False))
         states = [optimizer.state.get(p, {}) for p in params]
         self.exp_avg = [s["exp_avg"].detach() if "exp_avg" in s else torch.zeros_like(p) for s, p in zip(states, params)]
         self.exp_avg_sq = [s["exp_avg_sq"].detach() if "exp_avg_sq" in s else torch.zeros_like(p)
                            for s, p in zip(states, params)]
-        self.step = int(float(states[0]["step"])) if states and "step" in states[0] else 0
+        # per parameter, as Adam counts: one that never had a gradient has no state (step 0)
+        self.steps = [int(float(s["step"])) if "step" in s else 0 for s in states]
 
     def __call__(self, theta, grads):
-        self.step += 1
-        correction1, correction2 = 1 - self.beta1 ** self.step, 1 - self.beta2 ** self.step
         updated = []
         for i, (t, g) in enumerate(zip(theta, grads)):
-            if self.weight_decay:
+            self.steps[i] += 1
+            correction1, correction2 = 1 - self.beta1 ** self.steps[i], 1 - self.beta2 ** self.steps[i]
+            if self.weight_decay and self.decoupled:
+                t = t * (1 - self.lr * self.weight_decay)
+            elif self.weight_decay:
                 g = g + self.weight_decay * t
             self.exp_avg[i] = self.beta1 * self.exp_avg[i] + (1 - self.beta1) * g
             self.exp_avg_sq[i] = self.beta2 * self.exp_avg_sq[i] + (1 - self.beta2) * g * g
@@ -185,8 +194,10 @@ def lookahead_update(settings, optimizer=None, params=()):
     if settings.update == "optimizer" and optimizer is not None and not isinstance(optimizer, torch.optim.SGD):
         raise ValueError(f"lookahead_update: optimizer supports Adam and SGD inner optimisers, got "
                          f"{type(optimizer).__name__}; use lookahead_update: sgd.")
-    lr = optimizer.param_groups[0]["lr"] if settings.update == "optimizer" and optimizer is not None else settings.xi
-    return SGDUpdate(lr)
+    if settings.update == "optimizer" and optimizer is not None:
+        group = optimizer.param_groups[0]
+        return SGDUpdate(group["lr"], group["weight_decay"])
+    return SGDUpdate(settings.xi)
 
 
 def unrolled_lookahead(objective, theta, llm, batch, settings, update):

@@ -27,6 +27,7 @@ from recbole_bifair import distributed
 from recbole_bifair.config_values import choice, number
 from recbole_bifair.errors import BiFairInputError
 from recbole_bifair.evaluator.groups import training_item_counts
+from recbole_bifair.llm.layer import projector_output_parameters
 from recbole_bifair.trainer.balancer import build_balancer
 from recbole_bifair.trainer.bilevel import group_gradients_over
 from recbole_bifair.trainer.losses import group_mean_losses, per_example_loss, weighted_group_loss
@@ -85,8 +86,9 @@ class GroupFairTrainer(Trainer):
 
     def _mgda_shared_parameters(self):
         """The parameters whose group gradients MGDA compares: the projector's last layer
-        [ours: MGDA-UB style, so K backward passes stay cheap]."""
-        return list(self.model.llm_item_embeddings()[0].projector[-1].parameters())
+        [ours: MGDA-UB style, so K backward passes stay cheap]; with ``projector_residual``, its
+        MLP's last layer and the linear path beside it."""
+        return projector_output_parameters(self.model.llm_item_embeddings()[0].projector)
 
     # ----- the training loop ----------------------------------------------------------------
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
