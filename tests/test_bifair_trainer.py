@@ -85,7 +85,7 @@ def test_hypergradients_that_see_the_inner_response_train_and_report_their_share
     assert entry["second_order_share"] > 0 and -1 <= entry["cosine_to_direct"] <= 1
 
 
-def test_first_order_diagnostic_does_not_change_training(tiny):
+def test_first_order_diagnostic_does_not_change_training(tiny, deterministic):
     runs = []
     for every in (0, 1):
         _, train_data, _, _, model, trainer = tiny(outer_every=1, epochs=1, hypergradient_diagnostic_every=every)
@@ -209,6 +209,20 @@ def test_second_order_share_from_a_saved_checkpoint_without_training(tmp_path, e
     assert -1 <= exact["cosine_to_direct"] <= 1
     implicit = hypergradient_diagnostic(str(model_file), n_batches=2, hypergradient="implicit")
     assert implicit["second_order_share"] != exact["second_order_share"]
+    assert exact["seconds_per_hypergradient"] > 0
+
+    import importlib.util
+
+    from conftest import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("share", os.path.join(REPO_ROOT, "benchmarks", "hypergradient_share.py"))
+    share = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(share)
+    share.main([str(model_file), "--batches", "2", "--output", str(tmp_path / "share.md")])
+    rows = [line for line in (tmp_path / "share.md").read_text().splitlines() if line.startswith("| exact") or
+            line.startswith("| implicit") or line.startswith("| finite")]
+    assert len(rows) == len(share.SETTINGS) and rows[0].endswith("| 1.00x |")
+    assert str(tmp_path) not in (tmp_path / "share.md").read_text()
     with pytest.raises(BiFairInputError, match="first_order"):
         hypergradient_diagnostic(str(model_file), hypergradient="first_order")
 

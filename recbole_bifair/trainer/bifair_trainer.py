@@ -12,6 +12,7 @@ Under DDP the hypergradient of ``E`` is averaged across ranks like ``theta``'s g
 every rank holds the same ``E``.
 """
 import copy
+import time
 from dataclasses import replace
 
 from recbole.utils import set_color
@@ -211,11 +212,11 @@ class BiFairTrainer(GroupFairTrainer):
 def hypergradient_diagnostic(model_file, n_batches=8, hypergradient="exact", **settings):
     """The second-order share of BiFair's hypergradient for a saved ``BiFair<Backbone>``
     checkpoint, without training: the mean over ``n_batches`` consecutive pairs of training
-    batches (look-ahead batch, meta batch) of ``||second-order part|| / ||direct part||`` and
-    the cosine between the full hypergradient and its direct part, for ``hypergradient``
-    (``exact`` or ``implicit``; ``finite_difference``) and any other setting of
-    ``HypergradientSettings`` (``steps``, ``update``, ...). The inner optimiser's state is the
-    checkpoint's; the balancers start fresh (uniform-like weights)."""
+    batches (look-ahead batch, meta batch) of ``||second-order part|| / ||direct part||``, the
+    cosine between the full hypergradient and its direct part, and the seconds one
+    hypergradient took, for ``hypergradient`` (``exact``, ``implicit`` or ``finite_difference``)
+    and any other setting of ``HypergradientSettings`` (``steps``, ``update``, ...). The inner
+    optimiser's state is the checkpoint's; the balancers start fresh (uniform-like weights)."""
     import torch
 
     from recbole_bifair.quick_start import load_data_and_model
@@ -230,11 +231,13 @@ def hypergradient_diagnostic(model_file, n_batches=8, hypergradient="exact", **s
         trainer.optimizer.load_state_dict(checkpoint["optimizer"])
     settings = replace(trainer.hypergradient, mode=hypergradient, **settings)
     model.train()
-    shares, cosines, previous = [], [], None
+    shares, cosines, previous, seconds = [], [], None, 0.0
     for batch in train_data:
         batch = batch.to(trainer.device)
         if previous is not None:
+            started = time.perf_counter()
             result = trainer._hypergradient(previous, batch, settings, copy.deepcopy(trainer.outer_balancer))
+            seconds += time.perf_counter() - started
             shares.append(result.second_order_share())
             cosines.append(result.cosine_to_direct())
         if len(shares) >= n_batches:
@@ -244,4 +247,4 @@ def hypergradient_diagnostic(model_file, n_batches=8, hypergradient="exact", **s
         raise BiFairInputError(f"{model_file}: the training split has fewer than 2 batches; nothing to measure.")
     return {"second_order_share": float(torch.tensor(shares).mean()),
             "cosine_to_direct": float(torch.tensor(cosines).mean()), "batches": len(shares),
-            "hypergradient": settings.mode}
+            "hypergradient": settings.mode, "seconds_per_hypergradient": seconds / len(shares)}

@@ -88,7 +88,8 @@ class Hypergradient:
     def cosine_to_direct(self):
         """Cosine between the full hypergradient and its direct part."""
         full, direct = _flat(self.grads), _flat(self.direct)
-        return torch.nn.functional.cosine_similarity(full, direct, dim=0, eps=1e-30).item()
+        cosine = torch.nn.functional.cosine_similarity(full.double(), direct.double(), dim=0, eps=1e-30)
+        return float(cosine.clamp(-1.0, 1.0))
 
 
 class _PerExampleLossModule(nn.Module):
