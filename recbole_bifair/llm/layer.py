@@ -96,19 +96,25 @@ def preprocess_llm_table(table, mode, padding_idx=0, eps=1e-6):
     if mode not in LLM_PREPROCESSING:
         raise BiFairInputError(f"llm_preprocess must be one of {', '.join(LLM_PREPROCESSING)}; got {mode!r}.")
     table = torch.as_tensor(table, dtype=torch.float32).clone()
-    items = _item_rows(table, padding_idx)
     if mode == "center":
-        table = table - items.mean(dim=0)
+        table = table - _item_rows(table, padding_idx).mean(dim=0)
     elif mode == "whiten":
-        centred = items - items.mean(dim=0)
-        _, singular_values, directions = torch.linalg.svd(centred.double(), full_matrices=False)
-        scale = (singular_values / max(items.shape[0] - 1, 1) ** 0.5).clamp(min=eps)
-        table = ((table - items.mean(dim=0)).double() @ directions.T / scale).float()
+        centred, singular_values, directions = principal_axes(table, padding_idx)
+        n_items = len(_item_rows(table, padding_idx))
+        scale = (singular_values / max(n_items - 1, 1) ** 0.5).clamp(min=eps)
+        table = (centred @ directions.T / scale).float()
     elif mode == "l2":
         table = nn.functional.normalize(table, dim=1)
-    if 0 <= padding_idx < table.shape[0]:
-        table[padding_idx] = 0
-    return table
+    return _with_zero_padding(table, padding_idx)
+
+
+def principal_axes(table, padding_idx=0):
+    """``(table - mean, singular values, principal directions [rank, d])`` in float64, the mean
+    and the axes taken over the item rows (all rows but the padding row)."""
+    table = torch.as_tensor(table, dtype=torch.float64)
+    mean = _item_rows(table, padding_idx).mean(dim=0)
+    _, singular_values, directions = torch.linalg.svd(_item_rows(table, padding_idx) - mean, full_matrices=False)
+    return table - mean, singular_values, directions
 
 
 def _item_rows(table, padding_idx):
@@ -118,25 +124,26 @@ def _item_rows(table, padding_idx):
     return table[keep]
 
 
+def _with_zero_padding(table, padding_idx):
+    if 0 <= padding_idx < table.shape[0]:
+        table[padding_idx] = 0
+    return table
+
+
 def pca_item_table(llm_table, dim, std, padding_idx=0):
     """An ``[n_items, dim]`` ID table from the LLM table's top ``dim`` principal components,
     scaled to an overall standard deviation of ``std``; columns beyond the LLM's rank are
     normal noise of that std. LLM-ESR and LLMInit initialise ID tables this way."""
-    table = torch.as_tensor(llm_table, dtype=torch.float64)
-    items = _item_rows(table, padding_idx)
-    centred_table = table - items.mean(dim=0)
-    _, _, directions = torch.linalg.svd(items - items.mean(dim=0), full_matrices=False)
+    centred, _, directions = principal_axes(llm_table, padding_idx)
     directions = directions[:dim]
     signs = torch.sign(directions.gather(1, directions.abs().argmax(dim=1, keepdim=True)))
-    scores = centred_table @ (directions * signs).T
+    scores = centred @ (directions * signs).T
     scores = scores * (std / _item_rows(scores, padding_idx).std().clamp(min=1e-12))
     if scores.shape[1] < dim:
         generator = torch.Generator().manual_seed(0)
-        noise = torch.randn(table.shape[0], dim - scores.shape[1], generator=generator, dtype=torch.float64) * std
+        noise = torch.randn(scores.shape[0], dim - scores.shape[1], generator=generator, dtype=torch.float64) * std
         scores = torch.cat([scores, noise], dim=1)
-    if 0 <= padding_idx < table.shape[0]:
-        scores[padding_idx] = 0
-    return scores.float()
+    return _with_zero_padding(scores, padding_idx).float()
 
 
 class DualView(nn.Module):

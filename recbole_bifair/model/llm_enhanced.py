@@ -17,7 +17,7 @@ import functools
 from recbole.utils import ModelType
 from torch import nn
 
-from recbole_bifair.config_values import choice, flag, number
+from recbole_bifair.config_values import choice, config_value, flag
 from recbole_bifair.errors import BiFairInputError
 from recbole_bifair.llm.layer import (
     DUAL_FUSIONS, ID_INITS, LLM_PREPROCESSING, LLM_VIEWS, DualView, LLMItemEmbedding, build_projector,
@@ -117,7 +117,7 @@ def llm_item_embedding_for(table, llm_table, config, freeze):
         activation=config["projector_activation"],
         dropout=config["projector_dropout"],
         residual=flag(config, "projector_residual"),
-        input_dropout=number(config, "projector_input_dropout", minimum=0.0, default=0.0),
+        input_dropout=config_value(config, "projector_input_dropout", 0.0),
     )
     fusion, id_init = choice(config, "dual_fusion", DUAL_FUSIONS), choice(config, "dual_id_init", ID_INITS)
     dual_view = None
