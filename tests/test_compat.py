@@ -107,3 +107,18 @@ def test_ensure_dir_tolerates_a_folder_made_meanwhile(tmp_path, monkeypatch):
     for module in (logger_module, trainer_module):
         module.ensure_dir(str(target))
     assert target.is_dir()
+
+
+def test_anomaly_detection_is_off_after_recbole_models_are_imported():
+    import subprocess
+    import sys
+
+    def anomaly_after(imports):
+        code = f"{imports}; import torch; print(torch.is_anomaly_enabled())"
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              check=True).stdout.split()[-1]
+
+    models = "import recbole.model.sequential_recommender"
+    assert anomaly_after(models) == "True"  # RecBole alone: SINE's import switches it on
+    assert anomaly_after(f"import recbole_bifair; {models}") == "False"
+    assert anomaly_after(f"{models}; import recbole_bifair") == "False"
