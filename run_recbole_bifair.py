@@ -58,6 +58,9 @@ def main(argv=None):
     except BiFairInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: stopped by the user (the last saved checkpoint, if any, is whole).", file=sys.stderr)
+        return 130
     return 0
 
 

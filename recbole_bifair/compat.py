@@ -37,11 +37,11 @@ def fix_collector_moves_only_tensors():
     Collector.get_data_struct = get_data_struct
 
 
-class _TorchTrustingOwnCheckpoints(types.ModuleType):
-    """Stands in for ``torch`` inside RecBole's trainer module: identical,
-    except that ``load`` defaults to ``weights_only=False``. RecBole's checkpoints pickle its
-    ``Config``, which torch >= 2.6 refuses to unpickle by default. Only checkpoints that RecBole
-    itself wrote are read through that module."""
+class _TorchForOwnCheckpoints(types.ModuleType):
+    """Stands in for ``torch`` inside RecBole's trainer module: identical, except that ``load``
+    defaults to ``weights_only=False`` (RecBole's checkpoints pickle its ``Config``, which
+    torch >= 2.6 refuses to unpickle by default; only checkpoints that RecBole itself wrote are
+    read through that module) and that ``save`` to a path is atomic."""
 
     def __init__(self):
         super().__init__("torch")
@@ -54,16 +54,27 @@ class _TorchTrustingOwnCheckpoints(types.ModuleType):
         kwargs.setdefault("weights_only", False)
         return torch.load(f, *args, **kwargs)
 
+    @staticmethod
+    def save(obj, f, *args, **kwargs):
+        if not isinstance(f, (str, os.PathLike)):
+            return torch.save(obj, f, *args, **kwargs)
+        from recbole_bifair.llm.atomic_file import save_atomically
 
-def fix_checkpoint_loading_weights_only():
+        return save_atomically(obj, f, *args, **kwargs)
+
+
+def fix_checkpoint_loading_and_saving():
     """torch >= 2.6 loads with ``weights_only=True``: ``Trainer.resume_checkpoint``,
     ``Trainer.evaluate(load_best_model=True)`` then fail on the pickled ``Config``. Let the
     trainer module load its own checkpoints in full. (``load_data_and_model`` has its own
-    replacement in ``recbole_bifair.quick_start``, which also resolves the plugin's models.)"""
+    replacement in ``recbole_bifair.quick_start``, which also resolves the plugin's models.)
+    ``torch.save`` writes over the previous checkpoint in place, so a run killed while saving
+    leaves a truncated file and nothing to resume from: save to a temporary file, sync it and
+    rename it over the old one."""
     import recbole.trainer.trainer as trainer_module
 
-    if not isinstance(trainer_module.torch, _TorchTrustingOwnCheckpoints):
-        trainer_module.torch = _TorchTrustingOwnCheckpoints()
+    if not isinstance(trainer_module.torch, _TorchForOwnCheckpoints):
+        trainer_module.torch = _TorchForOwnCheckpoints()
 
 
 def default_no_negative_sampling_for_ce(final_config, external_config):
@@ -85,15 +96,13 @@ def default_no_negative_sampling_for_ce(final_config, external_config):
 def fix_ddp_on_cpu():
     """Under DDP, ``AbstractTrainer.__init__`` converts BatchNorm layers to SyncBatchNorm, which
     runs on GPUs only, and passes ``device_ids=[local_rank]``, which DDP refuses for a model on
-    the CPU; every rank names its checkpoint after its own clock, so a rank can look for a best
-    model that rank 0 saved under another name; each machine's local rank 0 saves, so on
-    several machines more than one process writes the checkpoint. On the CPU the model keeps its
-    BatchNorm and gets ``device_ids=None``; every rank takes rank 0's checkpoint name, and only
-    the global rank 0 writes it."""
+    the CPU; each machine's local rank 0 saves, so on several machines more than one process
+    writes the checkpoint. On the CPU the model keeps its BatchNorm and gets
+    ``device_ids=None``; only the global rank 0 writes the checkpoint."""
     from recbole.trainer.trainer import AbstractTrainer, Trainer
     from torch.nn.parallel import DistributedDataParallel
 
-    from recbole_bifair.distributed import broadcast_from_rank0, is_main_process
+    from recbole_bifair.distributed import is_main_process
 
     def abstract_trainer_init(self, config, model):
         self.config = config
@@ -104,13 +113,7 @@ def fix_ddp_on_cpu():
                 self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
             self.distributed_model = DistributedDataParallel(self.model, device_ids=[config["local_rank"]] if on_gpu else None)
 
-    trainer_init = Trainer.__init__
     save_checkpoint = Trainer._save_checkpoint
-
-    @functools.wraps(trainer_init)
-    def init_with_rank0_checkpoint_name(self, config, model):
-        trainer_init(self, config, model)
-        self.saved_model_file = broadcast_from_rank0(self.saved_model_file)
 
     @functools.wraps(save_checkpoint)
     def save_on_rank0_only(self, epoch, verbose=True, **kwargs):
@@ -118,8 +121,31 @@ def fix_ddp_on_cpu():
             save_checkpoint(self, epoch, verbose, **kwargs)
 
     AbstractTrainer.__init__ = abstract_trainer_init
-    Trainer.__init__ = init_with_rank0_checkpoint_name
     Trainer._save_checkpoint = save_on_rank0_only
+
+
+def fix_checkpoint_names():
+    """RecBole names a run's checkpoint ``<model>-<local time to the second>.pth``: two runs
+    started in the same second with the same ``checkpoint_dir`` (a shell loop, Ray trials)
+    write one file, and each tests whichever model saved last; and every DDP rank reads its
+    own clock, so a rank can look for a best model that rank 0 saved under another name. Add
+    a random suffix (from the OS, so no seeded generator moves) and give every rank rank 0's
+    name."""
+    import secrets
+
+    from recbole.trainer.trainer import Trainer
+
+    from recbole_bifair.distributed import broadcast_from_rank0
+
+    trainer_init = Trainer.__init__
+
+    @functools.wraps(trainer_init)
+    def init_with_unique_checkpoint_name(self, config, model):
+        trainer_init(self, config, model)
+        stem, extension = os.path.splitext(self.saved_model_file)
+        self.saved_model_file = broadcast_from_rank0(f"{stem}-{secrets.token_hex(4)}{extension}")
+
+    Trainer.__init__ = init_with_unique_checkpoint_name
 
 
 def fix_ensure_dir_race():
@@ -187,8 +213,9 @@ def apply_all():
     if _applied:
         return
     fix_collector_moves_only_tensors()
-    fix_checkpoint_loading_weights_only()
+    fix_checkpoint_loading_and_saving()
     fix_ddp_on_cpu()
+    fix_checkpoint_names()
     fix_ensure_dir_race()
     fix_distributed_evaluation()
     fix_anomaly_detection_left_on()

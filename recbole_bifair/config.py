@@ -1,6 +1,11 @@
 """The plugin's ``Config``: RecBole's, with model names resolved by the plugin first and the
-plugin's YAML files layered over RecBole's (the shape of RecBole-GNN's ``Config``)."""
+plugin's YAML files layered over RecBole's (the shape of RecBole-GNN's ``Config``), string
+values read by a literal parser instead of RecBole's ``eval``, and one clear error for each
+bad setting."""
+import ast
 import os
+import re
+import sys
 
 from recbole.config import Config as RecBoleConfig
 
@@ -22,6 +27,28 @@ class Config(RecBoleConfig):
     e.g. ``llm_item_tables``, shared by all families) and ``model/<Model>.yaml``. Config files,
     ``config_dict`` and ``--key=value`` override all of them, as in RecBole.
     """
+
+    def _convert_config_dict(self, config_dict):
+        """RecBole's conversion of string values (``"2"`` -> 2, ``"[10, 20]"`` -> a list), by a
+        literal parser: RecBole ``eval``s them, so a value in a shared spec or command could run
+        code."""
+        return {key: literal_value(value) if isinstance(value, str) else value
+                for key, value in config_dict.items()}
+
+    def _load_config_files(self, file_list):
+        """RecBole's, with one clear error for a missing, unreadable, malformed or non-mapping
+        file; an empty file holds no settings."""
+        settings = {}
+        for path in file_list or []:
+            settings.update(read_config_file(path, self.yaml_loader))
+        return settings
+
+    def _load_cmd_line(self):
+        """RecBole's ``--key=value`` options, where a malformed option (``--key=a=b``) or one
+        given twice with different values is one clear error."""
+        if "ipykernel_launcher" in sys.argv[0]:
+            return {}
+        return self._convert_config_dict(command_line_options(sys.argv[1:]))
 
     def _get_model_and_dataset(self, model, dataset):
         if model is None:
@@ -67,6 +94,7 @@ class Config(RecBoleConfig):
         return super()._init_device()
 
     def _set_default_parameters(self):
+        check_run_settings(self.final_config_dict)
         super()._set_default_parameters()
         check_valid_metric(self.final_config_dict)
         self._keep_users_valid_metric_direction()
@@ -83,6 +111,97 @@ class Config(RecBoleConfig):
                 f"valid_metric '{self.final_config_dict['valid_metric']}' combines several metrics: set "
                 "valid_metric_bigger (True when larger values of the combination are better)."
             )
+
+
+def literal_value(text):
+    """A config string as the value it spells: a Python literal (number, list, dict, tuple,
+    ``None``, ``True``), ``true``/``false`` in any case, a list of bare names
+    (``[NDCG,Recall]``, as typed on a command line), or else the string itself."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        pass
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    bare_list = re.fullmatch(r"\[\s*([\w.@-]+(?:\s*,\s*[\w.@-]+)*)?\s*,?\s*\]", text)
+    if bare_list:
+        return [literal_value(item.strip()) for item in (bare_list.group(1) or "").split(",") if item.strip()]
+    return text
+
+
+def read_config_file(path, yaml_loader):
+    """The settings of one YAML config file (a mapping of keys to values)."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            settings = yaml.load(f.read(), Loader=yaml_loader)
+    except OSError as error:
+        raise BiFairInputError(f"config file {path} cannot be read ({error.strerror}); check --config_files.") from None
+    except UnicodeDecodeError:
+        raise BiFairInputError(f"config file {path} is not UTF-8 text; save it as UTF-8.") from None
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        line = f", line {where.line + 1}" if where is not None else ""
+        raise BiFairInputError(
+            f"config file {path}{line} is not valid YAML ({getattr(error, 'problem', None) or error}); "
+            "write one `key: value` per line.") from None
+    if settings is None:
+        return {}
+    if not isinstance(settings, dict):
+        raise BiFairInputError(
+            f"config file {path} holds a {type(settings).__name__}, not settings; write one `key: value` per line.")
+    return settings
+
+
+def command_line_options(argv):
+    """The ``--key=value`` options of ``argv`` as strings (other arguments are the entry
+    point's own: ``--model SASRec``, ``-m``); a malformed option or a key given twice with
+    different values is an error."""
+    options = {}
+    for arg in argv:
+        if not arg.startswith("--") or "=" not in arg:
+            continue
+        key, _, value = arg[2:].partition("=")
+        if not key or "=" in value:
+            raise BiFairInputError(f"malformed option '{arg}': give settings as --key=value, one value per key.")
+        if key in options and options[key] != value:
+            raise BiFairInputError(f"--{key} is given twice ({options[key]} and {value}); give it once.")
+        options[key] = value
+    return options
+
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "adagrad", "rmsprop", "sparse_adam")
+
+
+def check_run_settings(config):
+    """RecBole's training and evaluation settings: each bad value is one error before the data
+    is read (RecBole would fail later with a traceback, or fall back silently: ``epochs: 0``
+    tests an untrained model, an unknown ``learner`` becomes Adam)."""
+    from recbole.evaluator.register import metrics_dict
+
+    from recbole_bifair.config_values import non_negative_int, number, positive_int
+
+    for key in ("epochs", "train_batch_size", "eval_batch_size", "stopping_step"):
+        positive_int(config, key)
+    non_negative_int(config, "eval_step")
+    number(config, "learning_rate", minimum=0, strictly_above=True)
+    for key in ("learner", "outer_learner"):
+        learner = config.get(key)
+        if learner is not None and (not isinstance(learner, str) or learner.lower() not in OPTIMIZERS):
+            raise BiFairInputError(f"{key} must be one of {', '.join(OPTIMIZERS)}; got {learner!r}.")
+    metrics = config["metrics"]
+    if isinstance(metrics, str):
+        metrics = config["metrics"] = [metrics]
+    unknown = [m for m in metrics if not isinstance(m, str) or m.lower() not in metrics_dict]
+    if unknown:
+        raise BiFairInputError(
+            f"unknown metric(s) {', '.join(map(str, unknown))} in metrics; known: {', '.join(sorted(metrics_dict))}.")
+    topk = config.get("topk")
+    topk = [topk] if isinstance(topk, int) else topk
+    if topk is not None and (not isinstance(topk, list) or not all(
+            isinstance(k, int) and not isinstance(k, bool) and k > 0 for k in topk)):
+        raise BiFairInputError(f"topk must be a positive integer or a list of them; got {config.get('topk')!r}.")
 
 
 def check_valid_metric(config):

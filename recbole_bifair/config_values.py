@@ -66,13 +66,10 @@ def number(config, key, minimum=None, default=None, strictly_above=False):
 
 def command_line_settings(args):
     """``["--epochs=2", "--load_col=None"]`` -> ``{"epochs": 2, "load_col": None}``: values read
-    the way RecBole reads ``--key=value`` on its command line."""
-    from recbole.config import Config
+    the way the plugin's ``Config`` reads ``--key=value`` on its command line."""
+    from recbole_bifair.config import command_line_options, literal_value
 
-    settings = {}
-    for arg in args:
-        key, sep, value = arg[2:].partition("=")
-        if not arg.startswith("--") or not sep or not key:
-            raise BiFairInputError(f"unknown argument '{arg}'; settings are given as --key=value.")
-        settings[key] = value
-    return Config._convert_config_dict(None, settings)
+    unknown = [arg for arg in args if not arg.startswith("--") or "=" not in arg]
+    if unknown:
+        raise BiFairInputError(f"unknown argument '{unknown[0]}'; settings are given as --key=value.")
+    return {key: literal_value(value) for key, value in command_line_options(args).items()}

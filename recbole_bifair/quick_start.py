@@ -13,6 +13,7 @@ from recbole.utils import get_environment, get_flops, init_logger, init_seed, se
 from recbole_bifair.config import Config
 from recbole_bifair.errors import BiFairInputError
 from recbole_bifair.model.llm_enhanced import GROUP_FAIR_FAMILIES, split_family_name
+from recbole_bifair.trainer.resume import keep_last_checkpoint, resume_run
 from recbole_bifair.utils import get_model, get_trainer
 
 
@@ -109,7 +110,11 @@ def run_recbole_bifair(model=None, dataset=None, config_file_list=None, config_d
     logger.info(set_color("FLOPs", "blue") + f": {flops}")
 
     epoch_seconds = time_training_epochs(trainer)
-    valid_scores = record_valid_scores(trainer, epoch_seconds)
+    valid_scores = record_valid_scores(trainer)
+    if saved:
+        keep_last_checkpoint(trainer, train_data, valid_scores, epoch_seconds)
+    if config["resume"]:
+        logger.info(f"resumed from {resume_run(trainer, config['resume'], train_data, valid_scores, epoch_seconds)}")
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
@@ -160,18 +165,23 @@ def time_training_epochs(trainer):
     return seconds
 
 
-def record_valid_scores(trainer, epoch_seconds):
+def record_valid_scores(trainer):
     """A list that receives ``[epoch, valid score]`` for each validation of ``trainer``
     (epochs counted from 1, including those of a resumed checkpoint)."""
     scores = []
-    valid_epoch = trainer._valid_epoch
+    trained = [trainer.start_epoch]
+    train_epoch, valid_epoch = trainer._train_epoch, trainer._valid_epoch
+
+    def counted_train_epoch(data, epoch_idx, *args, **kwargs):
+        trained[0] = epoch_idx + 1
+        return train_epoch(data, epoch_idx, *args, **kwargs)
 
     def recorded_valid_epoch(*args, **kwargs):
         score, result = valid_epoch(*args, **kwargs)
-        scores.append([trainer.start_epoch + len(epoch_seconds), float(score)])
+        scores.append([trained[0], float(score)])
         return score, result
 
-    trainer._valid_epoch = recorded_valid_epoch
+    trainer._train_epoch, trainer._valid_epoch = counted_train_epoch, recorded_valid_epoch
     return scores
 
 

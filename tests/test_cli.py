@@ -2,6 +2,7 @@
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from conftest import REPO_ROOT, TEST_DATA, tiny_config
@@ -50,3 +51,133 @@ def test_bad_multi_process_settings_are_one_line_errors(tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "error: ddp_backend 'nccl' needs CUDA GPUs" in out.stderr
     assert out.stderr.strip().endswith("stopped on the error printed above.")
+
+
+def run_in_process(argv, monkeypatch, capsys):
+    """The entry point called in this process, as the shell would call it: (exit code, stderr)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_recbole_bifair", f"{REPO_ROOT}/run_recbole_bifair.py")
+    entry = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(entry)
+    monkeypatch.setattr(sys, "argv", ["run_recbole_bifair.py", *argv])
+    code = entry.main(argv)
+    return code, capsys.readouterr().err
+
+
+BAD_SETTINGS = {
+    "--epochs=abc": "error: epochs must be a positive integer; got 'abc'.",
+    "--epochs=0": "error: epochs must be a positive integer; got 0.",
+    "--learning_rate=-0.001": "error: learning_rate must be > 0; got -0.001.",
+    "--outer_learner=nosuch": "error: outer_learner must be one of adam, adamw, sgd, adagrad, rmsprop, sparse_adam; got 'nosuch'.",
+    "--foo=a=b": "error: malformed option '--foo=a=b': give settings as --key=value, one value per key.",
+    "--topk=[0]": "error: topk must be a positive integer or a list of them; got [0].",
+}
+
+
+def test_bad_settings_are_one_line_each_before_any_data_is_read(monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    for option, message in BAD_SETTINGS.items():
+        code, err = run_in_process(["--model=BiFairSASRec", "--dataset=ml-100k", option], monkeypatch, capsys)
+        assert (code, err.strip()) == (2, message), option
+    code, err = run_in_process(["--model=SASRec", "--epochs=1", "--epochs=2"], monkeypatch, capsys)
+    assert (code, err.strip()) == (2, "error: --epochs is given twice (1 and 2); give it once.")
+    code, err = run_in_process(["--model=SASRec", "--metrics=[NDCG,Nosuch]"], monkeypatch, capsys)
+    assert code == 2 and err.startswith("error: unknown metric(s) Nosuch in metrics; known: ")
+
+
+def test_bad_config_files_are_one_line_each(monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.yaml").write_text("epochs: [1\n")
+    (tmp_path / "list.yaml").write_text("- epochs\n- 2\n")
+    (tmp_path / "latin1.yaml").write_bytes("title: caf\xe9\n".encode("latin-1"))
+    expected = {
+        "bad.yaml": "error: config file bad.yaml, line 2 is not valid YAML",
+        "list.yaml": "error: config file list.yaml holds a list, not settings",
+        "latin1.yaml": "error: config file latin1.yaml is not UTF-8 text",
+    }
+    for name, message in expected.items():
+        code, err = run_in_process(["--model=SASRec", f"--config_files={name}"], monkeypatch, capsys)
+        assert code == 2 and err.startswith(message) and "\n" not in err.strip(), err
+
+
+def test_config_values_are_read_as_literals_never_run(tmp_path):
+    from recbole_bifair.config import Config
+
+    marker = tmp_path / "ran"
+    config = Config(model="SASRec", dataset="ml-100k", config_dict={
+        "state": "WARNING", "metrics": "[NDCG,Hit]", "topk": "[5, 10]", "valid_metric": "NDCG@5",
+        "user_note": f"__import__('pathlib').Path({str(marker)!r}).touch()"})
+    assert not marker.exists()
+    assert config["user_note"].startswith("__import__")
+    assert config["metrics"] == ["NDCG", "Hit"] and config["topk"] == [5, 10]
+
+
+def test_empty_config_file_is_no_settings(tmp_path):
+    from recbole_bifair.config import Config
+
+    (tmp_path / "empty.yaml").write_text("")
+    config = Config(model="SASRec", dataset="ml-100k", config_file_list=[str(tmp_path / "empty.yaml")],
+                    config_dict={"state": "WARNING"})
+    assert config["epochs"] == 300  # RecBole's default, nothing else changed
+
+
+def test_ctrl_c_is_a_clean_message_and_exit_130(monkeypatch, capsys, tmp_path):
+    import recbole_bifair.quick_start as quick_start
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(quick_start, "run", interrupted)
+    code, err = run_in_process(["--model=SASRec"], monkeypatch, capsys)
+    assert code == 130 and err.startswith("interrupted: ") and "Traceback" not in err
+
+
+def best_checkpoint(directory):
+    import torch
+
+    (path,) = [p for p in directory.glob("*.pth") if not p.name.endswith("-last.pth")]
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+@pytest.mark.parametrize("model", ["SASRec", "BiFairSASRec"])
+def test_resume_last_ends_as_the_uninterrupted_run(model, monkeypatch, capsys, tmp_path, embedding_cache):
+    import torch
+
+    from recbole_bifair.trainer import resume
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny_config(
+        tmp_path, epochs=4, stopping_step=10, llm_emb_cache_dir=embedding_cache)))
+    args = [f"--model={model}", "--dataset=tiny", "--config_files=tiny.yaml"]
+    assert run_in_process([*args, "--checkpoint_dir=whole"], monkeypatch, capsys)[0] == 0
+
+    save_last = resume.save_last_checkpoint
+
+    def save_then_interrupt(trainer, finished_epoch, *rest):
+        save_last(trainer, finished_epoch, *rest)
+        if finished_epoch == 1:
+            raise KeyboardInterrupt  # Ctrl-C as epoch 2 begins
+
+    monkeypatch.setattr(resume, "save_last_checkpoint", save_then_interrupt)
+    assert run_in_process([*args, "--checkpoint_dir=cut"], monkeypatch, capsys)[0] == 130
+    monkeypatch.setattr(resume, "save_last_checkpoint", save_last)
+    assert run_in_process([*args, "--checkpoint_dir=cut", "--resume=last"], monkeypatch, capsys)[0] == 0
+
+    whole, resumed = best_checkpoint(tmp_path / "whole"), best_checkpoint(tmp_path / "cut")
+    assert resumed["epoch"] == whole["epoch"] and resumed["best_valid_score"] == whole["best_valid_score"]
+    assert whole["state_dict"].keys() == resumed["state_dict"].keys()
+    for name, value in whole["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][name]), name
+
+
+def test_resume_errors_are_one_line(monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny_config(tmp_path)))
+    args = ["--model=SASRec", "--dataset=tiny", "--config_files=tiny.yaml"]
+    code, err = run_in_process([*args, "--resume=last"], monkeypatch, capsys)
+    assert code == 2 and err.startswith("error: --resume=last: no last checkpoint of SASRec on tiny in ")
+    (tmp_path / "cut.pth").write_bytes(b"")
+    code, err = run_in_process([*args, "--resume=cut.pth"], monkeypatch, capsys)
+    assert (code, err.strip()) == (2, "error: --resume: cut.pth is not a readable checkpoint (EOFError).")

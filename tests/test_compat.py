@@ -1,5 +1,6 @@
 """One test per RecBole 1.2.1 fix in recbole_bifair.compat."""
 import collections
+import os
 
 import torch
 from recbole.evaluator.collector import Collector, DataStruct
@@ -122,3 +123,37 @@ def test_anomaly_detection_is_off_after_recbole_models_are_imported():
     assert anomaly_after(models) == "True"  # RecBole alone: SINE's import switches it on
     assert anomaly_after(f"import recbole_bifair; {models}") == "False"
     assert anomaly_after(f"{models}; import recbole_bifair") == "False"
+
+
+def test_checkpoint_save_replaces_the_old_file_whole_or_not_at_all(tmp_path):
+    import pickle
+
+    import pytest
+    import recbole.trainer.trainer as trainer_module
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise pickle.PicklingError("killed while saving")
+
+    path = tmp_path / "model.pth"
+    trainer_module.torch.save({"epoch": 1}, str(path))
+    with pytest.raises(pickle.PicklingError):
+        trainer_module.torch.save({"epoch": 2, "state": Unpicklable()}, str(path))
+    assert trainer_module.torch.load(str(path))["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pth"]  # no temporary file left
+    trainer_module.torch.save({"epoch": 3}, str(path))
+    assert trainer_module.torch.load(str(path))["epoch"] == 3
+
+
+def test_runs_started_in_the_same_second_get_different_checkpoints(tiny, monkeypatch):
+    import random
+
+    import recbole.trainer.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "get_local_time", lambda: "Nov-30-2026_06-00-00")
+    config, _, _, _, model, _ = tiny("SASRec")
+    rng_before = torch.get_rng_state(), random.getstate()
+    names = {trainer_module.Trainer(config, model).saved_model_file for _ in range(2)}
+    assert len(names) == 2
+    assert all(os.path.basename(name).startswith("SASRec-Nov-30-2026_06-00-00-") for name in names)
+    assert torch.equal(torch.get_rng_state(), rng_before[0]) and random.getstate() == rng_before[1]

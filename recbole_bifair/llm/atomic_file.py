@@ -167,6 +167,15 @@ def write_text_atomically(path, text, encoding="utf-8"):
         f.write(text)
 
 
+def save_atomically(obj, path, *args, **kwargs):
+    """``torch.save(obj, path, ...)`` through :func:`replaced_atomically`: a run killed while
+    saving leaves the previous checkpoint whole."""
+    import torch
+
+    with replaced_atomically(path, "wb") as f:
+        torch.save(obj, f, *args, **kwargs)
+
+
 @contextlib.contextmanager
 def replaced_atomically(path, mode="w", encoding=None):
     """Yields a file open on a temporary file next to ``path``; when the block ends it is

@@ -16,6 +16,7 @@ Everything here beyond "LLM vectors through a trainable projector" is our recons
 """
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from recbole_bifair.errors import BiFairInputError
 
@@ -232,7 +233,9 @@ class LLMItemEmbedding(nn.Module):
         vectors[is_llm_row] = self.project(self.llm_weight[llm_ids], llm_ids)
         if (~is_llm_row).any():
             vectors[~is_llm_row] = self.extra_weight[unique_ids[~is_llm_row] - self.n_llm_rows]
-        return vectors[inverse]
+        # an embedding lookup, not vectors[inverse]: indexing's backward accumulates the rows
+        # in thread order on a CPU, so runs with several threads would not repeat exactly
+        return F.embedding(inverse, vectors)
 
     def extra_repr(self):
         view = "llm" if self.dual_view is None else f"dual/{self.dual_view.fusion}"

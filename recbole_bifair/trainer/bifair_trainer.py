@@ -202,11 +202,13 @@ class BiFairTrainer(GroupFairTrainer):
         return balancers
 
     def _training_state(self):
-        return {**super()._training_state(), "outer_optimizer": self.outer_optimizer.state_dict()}
+        return {**super()._training_state(), "outer_optimizer": self.outer_optimizer.state_dict(),
+                "outer_steps": self._outer_steps}
 
     def _load_extra_state(self, state):
         if "outer_optimizer" in state:
             self.outer_optimizer.load_state_dict(state["outer_optimizer"])
+        self._outer_steps = state.get("outer_steps", 0)
 
 
 def hypergradient_diagnostic(model_file, n_batches=8, hypergradient="exact", **settings):

@@ -27,6 +27,7 @@ from recbole_bifair import distributed
 from recbole_bifair.config_values import choice, number
 from recbole_bifair.errors import BiFairInputError
 from recbole_bifair.evaluator.groups import training_item_counts
+from recbole_bifair.llm.atomic_file import save_atomically
 from recbole_bifair.llm.layer import projector_output_parameters
 from recbole_bifair.trainer.balancer import build_balancer
 from recbole_bifair.trainer.bilevel import group_gradients_over
@@ -205,7 +206,7 @@ class GroupFairTrainer(Trainer):
             "optimizer": self.optimizer.state_dict(),
             "group_fair": self._training_state(),
         }
-        torch.save(state, saved_model_file, pickle_protocol=4)
+        save_atomically(state, saved_model_file, pickle_protocol=4)
         if verbose:
             self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
 

@@ -1,0 +1,149 @@
+"""Resuming an interrupted run from the command line (``--resume=PATH`` or ``--resume=last``).
+
+Every epoch of a run that saves checkpoints also writes a *last* checkpoint beside the best
+one (``<best>-last.pth``, replaced atomically): the state after the last finished epoch (its
+validation and early-stopping step included), with the optimiser, the group-aware trainers'
+balancers and outer optimiser, every random generator and the training loader's shuffling
+state, so a resumed run ends with the same parameters as an uninterrupted one. A small JSON
+sidecar beside it (``<best>-last.json``) names the model, dataset and time, so ``last`` finds
+the newest checkpoint of a model and dataset without unpickling anything.
+
+Checkpoints are pickles: resume only from files you made or trust.
+"""
+import glob
+import json
+import os
+import random
+import time
+
+import numpy as np
+import torch
+
+from recbole_bifair.errors import BiFairInputError
+from recbole_bifair.llm.atomic_file import save_atomically, write_text_atomically
+
+LAST_SUFFIX = "-last"
+
+
+def last_checkpoint_path(best_model_file):
+    """Where the last checkpoint of the run whose best checkpoint is ``best_model_file`` goes."""
+    stem, extension = os.path.splitext(best_model_file)
+    return stem + LAST_SUFFIX + extension
+
+
+def random_states(train_data):
+    """Every random generator a training epoch draws from."""
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+        "train_generator": train_data.generator.get_state() if getattr(train_data, "generator", None) else None,
+    }
+
+
+def restore_random_states(states, train_data):
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+    if states["train_generator"] is not None:
+        train_data.generator.set_state(states["train_generator"])
+
+
+def keep_last_checkpoint(trainer, train_data, valid_scores, epoch_seconds):
+    """Make ``trainer`` save its last checkpoint when each epoch after the first begins (by
+    then the previous epoch's validation, early stopping and best checkpoint are done, and
+    no generator has moved for the new epoch). ``valid_scores``/``epoch_seconds`` are the
+    run's records, kept in the checkpoint for the resumed run's result dict."""
+    from recbole_bifair.distributed import is_main_process
+
+    train_epoch = trainer._train_epoch
+
+    def train_epoch_after_saving_the_last(data, epoch_idx, *args, **kwargs):
+        if epoch_idx > trainer.start_epoch and is_main_process():
+            save_last_checkpoint(trainer, epoch_idx - 1, train_data, valid_scores, epoch_seconds)
+        return train_epoch(data, epoch_idx, *args, **kwargs)
+
+    trainer._train_epoch = train_epoch_after_saving_the_last
+
+
+def save_last_checkpoint(trainer, finished_epoch, train_data, valid_scores, epoch_seconds):
+    best_model_file = trainer.saved_model_file
+    path = last_checkpoint_path(best_model_file)
+    # the trainer's own checkpoint, read back and saved again with what an exact resume needs:
+    # every trainer's _save_checkpoint stays as it is
+    trainer._save_checkpoint(finished_epoch, verbose=False, saved_model_file=path)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint["resume"] = {
+        "best_model_file": best_model_file,
+        "best_valid_result": trainer.best_valid_result,
+        "random_states": random_states(train_data),
+        "valid_scores": list(valid_scores),
+        "epoch_seconds": list(epoch_seconds),
+    }
+    save_atomically(checkpoint, path, pickle_protocol=4)
+    config = trainer.config
+    sidecar = {"model": config["model"], "dataset": config["dataset"], "finished_epoch": finished_epoch,
+               "checkpoint": os.path.basename(path), "saved_at": time.time()}
+    write_text_atomically(os.path.splitext(path)[0] + ".json", json.dumps(sidecar, indent=1) + "\n")
+
+
+def find_last_checkpoint(checkpoint_dir, model, dataset):
+    """The newest last checkpoint of ``model`` on ``dataset`` in ``checkpoint_dir``, through the
+    JSON sidecars."""
+    candidates = []
+    for sidecar_path in glob.glob(os.path.join(checkpoint_dir, f"*{LAST_SUFFIX}.json")):
+        try:
+            with open(sidecar_path, encoding="utf-8") as f:
+                sidecar = json.load(f)
+        except (OSError, ValueError):
+            continue
+        path = os.path.join(checkpoint_dir, str(sidecar.get("checkpoint", "")))
+        if sidecar.get("model") == model and sidecar.get("dataset") == dataset and os.path.isfile(path):
+            candidates.append((sidecar.get("saved_at", 0), path))
+    if not candidates:
+        raise BiFairInputError(
+            f"--resume=last: no last checkpoint of {model} on {dataset} in {checkpoint_dir}; give the "
+            "checkpoint's path with --resume=PATH, or check --checkpoint_dir.")
+    return max(candidates)[1]
+
+
+def resume_run(trainer, resume, train_data, valid_scores, epoch_seconds):
+    """Load ``resume`` (a path, or ``last``) into ``trainer`` before ``fit``. A last checkpoint
+    continues after its last finished epoch, exactly; a best checkpoint (RecBole's) continues
+    after its best epoch, RecBole's resume. Returns the path loaded."""
+    config = trainer.config
+    path = find_last_checkpoint(config["checkpoint_dir"], config["model"], config["dataset"]) if resume == "last" else resume
+    if not os.path.isfile(path):
+        raise BiFairInputError(f"--resume: no checkpoint at {path}; give a .pth file that a run saved, or `last`.")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # a truncated or foreign file: torch raises many kinds
+        raise BiFairInputError(f"--resume: {path} is not a readable checkpoint ({type(error).__name__}).") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "config" not in checkpoint:
+        raise BiFairInputError(f"--resume: {path} is not a RecBole checkpoint.")
+    if checkpoint["config"]["model"] != config["model"]:
+        raise BiFairInputError(
+            f"--resume: {path} is a checkpoint of {checkpoint['config']['model']}, not {config['model']}; "
+            f"resume it with --model={checkpoint['config']['model']}.")
+    trainer.resume_checkpoint(path)
+    extra = checkpoint.get("resume")
+    if extra is None:
+        trainer.logger.warning(f"{path} is a best checkpoint: training continues after its best epoch "
+                               f"({checkpoint['epoch']}), not after the last finished one.")
+        return path
+    trainer.saved_model_file = extra["best_model_file"]
+    trainer.best_valid_result = extra["best_valid_result"]
+    valid_scores[:] = extra["valid_scores"]
+    epoch_seconds[:] = extra["epoch_seconds"]
+    train_epoch = trainer._train_epoch
+
+    def train_epoch_from_saved_random_states(data, epoch_idx, *args, **kwargs):
+        trainer._train_epoch = train_epoch
+        restore_random_states(extra["random_states"], train_data)
+        return train_epoch(data, epoch_idx, *args, **kwargs)
+
+    trainer._train_epoch = train_epoch_from_saved_random_states
+    return path
