@@ -379,16 +379,17 @@ def run_benchmark(spec, selected=None, force=False, verbose=False, command=""):
     started = time.perf_counter()
     made_by = provenance(command)
     try:
-        for index, plan in enumerate(pending, start=1):
-            label = f"[{index}/{len(pending)}] {plan.dataset} {plan.entry.name} seed {plan.seed}"
-            logger.info(f"{label}: started ({_eta(started, index - 1, len(pending))})")
-            record = {**execute_run(spec, plan, label, verbose), **made_by}
-            write_json_atomic(record_path(spec, plan), record)
-            summary.executed.append(plan.run_id)
-            if record["status"] != "ok":
-                summary.failed.append(plan.run_id)
-            logger.info(f"{label}: {_outcome_text(record)}; "
-                        f"{_eta(started, index, len(pending))}")
+        with sigterm_as_ctrl_c():
+            for index, plan in enumerate(pending, start=1):
+                label = f"[{index}/{len(pending)}] {plan.dataset} {plan.entry.name} seed {plan.seed}"
+                logger.info(f"{label}: started ({_eta(started, index - 1, len(pending))})")
+                record = {**execute_run(spec, plan, label, verbose), **made_by}
+                write_json_atomic(record_path(spec, plan), record)
+                summary.executed.append(plan.run_id)
+                if record["status"] != "ok":
+                    summary.failed.append(plan.run_id)
+                logger.info(f"{label}: {_outcome_text(record)}; "
+                            f"{_eta(started, index, len(pending))}")
     except KeyboardInterrupt:
         summary.interrupted = True
         logger.warning(f"Interrupted after {len(summary.executed)} run(s); finished runs are saved in "
@@ -436,11 +437,13 @@ def execute_run(spec, plan, label="", verbose=False):
     request = {"model": plan.entry.model, "dataset": plan.dataset, "config": child_config(spec, plan),
                "outcome": os.path.abspath(outcome_path), "report_k": spec.report_k}
     started = time.perf_counter()
-    returncode, tail = stream_child(request, log_path, label, verbose)
-    outcome = _read_json(outcome_path) or {
-        "status": "failed", "error": f"the run process ended with code {returncode} before reporting "
-                                     f"(killed, out of memory, or crashed): {_last_line(tail)}"}
-    _remove(outcome_path)
+    try:
+        returncode, tail = stream_child(request, log_path, label, verbose)
+        outcome = _read_json(outcome_path) or {
+            "status": "failed", "error": f"the run process ended with code {returncode} before reporting "
+                                         f"(killed, out of memory, or crashed): {_last_line(tail)}"}
+    finally:
+        _remove(outcome_path)
     if not spec.keep_checkpoints:
         shutil.rmtree(checkpoint_dir(spec, plan), ignore_errors=True)
     return {
@@ -464,7 +467,7 @@ def stream_child(request, log_path, label, verbose):
     try:
         process.stdin.write(json.dumps(request))
         process.stdin.close()
-        with open(log_path, "w", encoding="utf-8") as log:
+        with open(log_path, "w", encoding="utf-8", buffering=1) as log:  # line by line, for tail -f
             for line in process.stdout:
                 line = ANSI_CODES.sub("", line)
                 log.write(line)
@@ -479,6 +482,42 @@ def stream_child(request, log_path, label, verbose):
         raise
 
 
+def _stop_with_parent():
+    """In the run process (Linux): receive SIGTERM when the harness dies, even by SIGKILL, so
+    that no run goes on orphaned."""
+    import ctypes
+    import signal
+
+    if not sys.platform.startswith("linux"):
+        return
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if str(os.getppid()) != os.environ.get(HARNESS_PID_VARIABLE, str(os.getppid())):
+        sys.exit(143)  # the harness died before the line above
+
+
+@contextlib.contextmanager
+def sigterm_as_ctrl_c():
+    """While runs execute, SIGTERM (what ``timeout`` and ``kill`` send) stops the harness as
+    Ctrl-C does: the run process is stopped, its outcome file removed and the finished runs
+    reported."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _progress_part(line, limit=160):
     match = PROGRESS_LINE.search(line)
     if not match:
@@ -487,11 +526,14 @@ def _progress_part(line, limit=160):
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+HARNESS_PID_VARIABLE = "RECBOLE_BIFAIR_HARNESS_PID"
+
+
 def child_environment():
     """The parent's environment, unbuffered, with this copy of the package first on the path."""
     import recbole_bifair
 
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **{HARNESS_PID_VARIABLE: str(os.getpid())})
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(recbole_bifair.__file__)))
     env["PYTHONPATH"] = os.pathsep.join(p for p in [package_root, env.get("PYTHONPATH")] if p)
     return env
@@ -549,6 +591,7 @@ def child_main():
     test, then write the outcome (result dict, costs or error) to the request's path."""
     import warnings
 
+    _stop_with_parent()
     request = json.load(sys.stdin)
     sys.argv = sys.argv[:1]  # RecBole's Config would read --key=value options from it
     warnings.filterwarnings("ignore", category=FutureWarning)

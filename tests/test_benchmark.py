@@ -605,3 +605,66 @@ def test_validation_table_shows_the_tested_models_valid_values(tmp_path):
     assert rows["A"]["g0"] == "0.1800 ± 0.0424" and rows["A"]["ndcggap@10"] == "0.1200 ± 0.0283"
     assert list(rows["A"])[-2:] == ["g0", "g1"]
     assert "0.5000" not in markdown.split("## Validation split", 1)[1].split("##", 1)[0]
+
+
+def child_pids(pid):
+    """The harness's run processes (not the short helpers it may start)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
+            children = [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+    return [child for child in children if benchmark.RUN_FLAG in command_line(child)]
+
+
+def command_line(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", encoding="utf-8", errors="replace") as f:
+            return f.read().split("\0")
+    except OSError:
+        return []
+
+
+def is_running(pid):
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_until(condition, seconds):
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return condition()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find the run process")
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL"])
+def test_a_killed_harness_stops_its_run_and_leaves_no_outcome_file(signal_name, tmp_path):
+    import signal
+
+    spec = write_spec(str(tmp_path), models=[{"name": "SASRec", "model": "SASRec"}], seeds=[2020])
+    harness = subprocess.Popen([sys.executable, "-m", "recbole_bifair.benchmark", spec, "--output_dir",
+                                str(tmp_path / "out"), "--set", "epochs=1000", "--set", "stopping_step=1000"], cwd=str(tmp_path),
+                               stdout=subprocess.DEVNULL, stderr=open(tmp_path / "harness.err", "w"))
+    try:
+        assert wait_until(lambda: child_pids(harness.pid), 60), "the run process did not start"
+        (run,) = child_pids(harness.pid)
+        logs = tmp_path / "out" / "logs"
+        assert wait_until(lambda: any(log.stat().st_size for log in logs.glob("*.log")), 120), "no log line"
+        harness.send_signal(getattr(signal, signal_name))
+        harness.wait(timeout=60)
+        assert wait_until(lambda: not is_running(run), 30), "the run process outlived the harness"
+        if signal_name == "SIGTERM":
+            assert harness.returncode == 130, (tmp_path / "harness.err").read_text()[-3000:]
+            assert not list((tmp_path / "out" / "runs").glob(".*.outcome.json"))
+    finally:
+        harness.kill()
+        for pid in child_pids(harness.pid):
+            os.kill(pid, 9)
