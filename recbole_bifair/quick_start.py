@@ -21,20 +21,35 @@ def prepare_run(config):
     """Dataset, splits, model and trainer for ``config``, in RecBole's order and seeding.
     In a multi-process run, each machine's local rank 0 prepares the dataset files and the LLM
     vectors' cache first."""
-    from recbole_bifair.data import ensure_dataset
+    from recbole_bifair.data import check_atomic_files, ensure_dataset
     from recbole_bifair.distributed import local_rank0_first
     from recbole_bifair.evaluator import build_item_groups
 
     with local_rank0_first(config):
         ensure_dataset(config)
+        check_atomic_files(config)
         dataset = create_dataset(config)
-        train_data, valid_data, test_data = data_preparation(config, dataset)
+        train_data, valid_data, test_data = split_dataset(config, dataset)
         if uses_item_groups(config):
             build_item_groups(config, train_data.dataset, valid_data.dataset, test_data.dataset)
         init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
         model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     return dataset, train_data, valid_data, test_data, model, trainer
+
+
+def split_dataset(config, dataset):
+    """RecBole's ``data_preparation``, with an empty training split as one clear error."""
+    try:
+        return data_preparation(config, dataset)
+    except ValueError as error:
+        if "num_samples" not in str(error):
+            raise
+        raise BiFairInputError(
+            f"the training split of {config['dataset']} is empty ({dataset.inter_num} interactions of "
+            f"{dataset.user_num - 1} users after filtering): the last interactions of each user go to "
+            "valid and test, so users need at least 3 for a sequential model. Check the .inter file and "
+            "the filters (user_inter_num_interval, val_interval).") from None
 
 
 def uses_item_groups(config):

@@ -181,3 +181,17 @@ def test_resume_errors_are_one_line(monkeypatch, capsys, tmp_path):
     (tmp_path / "cut.pth").write_bytes(b"")
     code, err = run_in_process([*args, "--resume=cut.pth"], monkeypatch, capsys)
     assert (code, err.strip()) == (2, "error: --resume: cut.pth is not a readable checkpoint (EOFError).")
+
+
+def test_users_with_one_interaction_each_are_one_clear_error(monkeypatch, capsys, tmp_path):
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    with open(os.path.join(TEST_DATA, "tiny", "tiny.inter"), encoding="utf-8") as f:
+        header, *rows = f.read().splitlines()
+    first_of_each_user = list({row.split("\t")[0]: row for row in reversed(rows)}.values())
+    (tmp_path / "single").mkdir()
+    (tmp_path / "single" / "single.inter").write_text("\n".join([header, *first_of_each_user]) + "\n")
+    code, err = run_in_process(["--model=SASRec", "--dataset=single", f"--data_path={tmp_path}", "--epochs=1"],
+                               monkeypatch, capsys)
+    assert code == 2 and err.startswith("error: the training split of single is empty") and "Traceback" not in err

