@@ -249,3 +249,19 @@ def load_data_and_model(model_file):
     model.load_state_dict(checkpoint["state_dict"])
     model.load_other_parameter(checkpoint.get("other_parameter"))
     return config, model, dataset, train_data, valid_data, test_data
+
+
+def save_weights(model_file, weights_file):
+    """Write the weights of a checkpoint you trust (``model_file``, a pickle) to
+    ``weights_file``, which holds tensors only: anyone can read it with :func:`load_weights`
+    (``torch.load(..., weights_only=True)``), which runs no code."""
+    from recbole_bifair.llm.atomic_file import save_atomically
+
+    checkpoint = torch.load(model_file, map_location="cpu", weights_only=False)
+    save_atomically(dict(checkpoint["state_dict"]), weights_file)
+
+
+def load_weights(model, weights_file):
+    """Load weights written by :func:`save_weights` into ``model`` without unpickling objects."""
+    model.load_state_dict(torch.load(weights_file, map_location="cpu", weights_only=True))
+    return model

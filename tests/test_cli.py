@@ -195,3 +195,22 @@ def test_users_with_one_interaction_each_are_one_clear_error(monkeypatch, capsys
     code, err = run_in_process(["--model=SASRec", "--dataset=single", f"--data_path={tmp_path}", "--epochs=1"],
                                monkeypatch, capsys)
     assert code == 2 and err.startswith("error: the training split of single is empty") and "Traceback" not in err
+
+
+def test_shared_weights_load_without_unpickling_objects(tiny, tmp_path):
+    import pickle
+
+    import torch
+
+    from recbole_bifair.quick_start import load_weights, save_weights
+
+    config, _, _, _, model, trainer = tiny("SASRec")
+    trainer._save_checkpoint(0, verbose=False)
+    save_weights(trainer.saved_model_file, str(tmp_path / "model.pt"))
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(trainer.saved_model_file, weights_only=True)  # the checkpoint pickles RecBole's Config
+    for parameter in model.parameters():
+        parameter.data.zero_()
+    load_weights(model, str(tmp_path / "model.pt"))
+    saved = torch.load(trainer.saved_model_file, weights_only=False)["state_dict"]
+    assert all(torch.equal(value, model.state_dict()[name]) for name, value in saved.items())

@@ -157,3 +157,4 @@ def test_runs_started_in_the_same_second_get_different_checkpoints(tiny, monkeyp
     assert len(names) == 2
     assert all(os.path.basename(name).startswith("SASRec-Nov-30-2026_06-00-00-") for name in names)
     assert torch.equal(torch.get_rng_state(), rng_before[0]) and random.getstate() == rng_before[1]
+

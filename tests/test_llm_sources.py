@@ -556,3 +556,22 @@ def test_last_pooling_finds_the_last_real_token_with_either_padding_side():
     mask = torch.tensor([[0, 1, 1], [1, 1, 0]])
     assert encoder.pool(states, mask, "last").tolist() == [[4.0, 5.0], [8.0, 9.0]]
     assert encoder.pool(states, mask, "mean").tolist() == [[3.0, 4.0], [7.0, 8.0]]
+
+
+def test_temporary_files_of_killed_writers_are_removed_and_a_live_ones_kept(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from recbole_bifair.llm.atomic_file import write_text_atomically
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    stale = tmp_path / f".vectors.itememb.{dead_pid}.deadbeef.tmp"
+    live = tmp_path / f".vectors.itememb.{os.getppid()}.cafef00d.tmp"  # a concurrent writer, still running
+    other = tmp_path / f".other.itememb.{dead_pid}.deadbeef.tmp"
+    for path in (stale, live, other):
+        path.write_text("partial")
+    write_text_atomically(str(tmp_path / "vectors.itememb"), "whole\n")
+    assert (tmp_path / "vectors.itememb").read_text() == "whole\n"
+    assert not stale.exists() and live.exists() and other.exists()

@@ -180,9 +180,12 @@ def save_atomically(obj, path, *args, **kwargs):
 def replaced_atomically(path, mode="w", encoding=None):
     """Yields a file open on a temporary file next to ``path``; when the block ends it is
     synced and renamed over ``path``, so a reader sees the old file or the whole new one,
-    never a part. On an error the temporary file is removed and ``path`` left as it was."""
+    never a part. On an error the temporary file is removed and ``path`` left as it was; the
+    temporary files of ``path`` that killed processes left behind are removed first (a
+    temporary file is named after its process, so a running writer's is never touched)."""
     directory, name = os.path.split(os.path.abspath(path))
-    temporary = os.path.join(directory, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
+    remove_stale_temporaries(directory, name)
+    temporary = os.path.join(directory, f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(descriptor, mode, encoding=encoding) as f:
@@ -194,3 +197,27 @@ def replaced_atomically(path, mode="w", encoding=None):
         if os.path.exists(temporary):
             os.remove(temporary)
         raise
+
+
+def remove_stale_temporaries(directory, name):
+    """Remove ``.<name>.<pid>.<hex>.tmp`` files in ``directory`` whose process is gone."""
+    prefix = f".{name}."
+    try:
+        candidates = [entry for entry in os.listdir(directory) if entry.startswith(prefix) and entry.endswith(".tmp")]
+    except OSError:
+        return
+    for entry in candidates:
+        pid = entry[len(prefix):].split(".")[0]
+        if pid.isdigit() and not process_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(directory, entry))
+
+
+def process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
