@@ -11,7 +11,7 @@ import os
 import sys
 import warnings
 
-from recbole_bifair.errors import BiFairInputError
+from recbole_bifair.errors import BiFairInputError, exit_code_of
 
 
 def parse_args(argv):
@@ -33,34 +33,32 @@ def parse_args(argv):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    args = parse_args(argv)
     # RecBole 1.2.1 calls pandas/torch APIs that announce their own future changes on every run.
     warnings.filterwarnings("ignore", category=FutureWarning)
-    try:
-        if args.benchmark:
-            from recbole_bifair.benchmark import benchmark_main
+    return exit_code_of(run_command, argv)
 
-            return benchmark_main(argv, prog="python run_recbole_bifair.py")
-        if args.prepare:
-            from recbole_bifair.data import prepare_main
 
-            return prepare_main(argv)
-        from recbole_bifair.quick_start import run
+def run_command(argv):
+    """Run what ``argv`` asks for; returns the exit code."""
+    args = parse_args(argv)
+    if args.benchmark:
+        from recbole_bifair.benchmark import benchmark_main
 
-        config_files = args.config_files.split() if args.config_files else None
-        missing = [path for path in config_files or [] if not os.path.isfile(path)]
-        if missing:
-            raise BiFairInputError(f"config file(s) not found: {', '.join(missing)}; check --config_files.")
-        if args.nproc < 1:
-            raise BiFairInputError(f"--nproc must be at least 1, got {args.nproc}.")
-        run(args.model, args.dataset, config_files, nproc=args.nproc, world_size=args.world_size,
-            ip=args.ip, port=args.port, group_offset=args.group_offset)
-    except BiFairInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: stopped by the user (the last saved checkpoint, if any, is whole).", file=sys.stderr)
-        return 130
+        return benchmark_main(argv, prog="python run_recbole_bifair.py")
+    if args.prepare:
+        from recbole_bifair.data import prepare_main
+
+        return prepare_main(argv)
+    from recbole_bifair.quick_start import run
+
+    config_files = args.config_files.split() if args.config_files else None
+    missing = [path for path in config_files or [] if not os.path.isfile(path)]
+    if missing:
+        raise BiFairInputError(f"config file(s) not found: {', '.join(missing)}; check --config_files.")
+    if args.nproc < 1:
+        raise BiFairInputError(f"--nproc must be at least 1, got {args.nproc}.")
+    run(args.model, args.dataset, config_files, nproc=args.nproc, world_size=args.world_size,
+        ip=args.ip, port=args.port, group_offset=args.group_offset)
     return 0
 
 

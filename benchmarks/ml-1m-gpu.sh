@@ -19,6 +19,7 @@ SEEDS=${SEEDS:-2020 2021 2022 2023 2024}
 JOBS=${JOBS:-9}
 OUTPUT=${OUTPUT:-results/ml-1m}
 SPEC=${SPEC:-benchmarks/ml-1m.yaml}
+PYTHON=${PYTHON:-python}   # the interpreter with the plugin installed
 settings="MODELS=\"$MODELS\" SEEDS=\"$SEEDS\""
 [ "$SPEC" != benchmarks/ml-1m.yaml ] && settings="SPEC=$SPEC $settings"
 [ "$OUTPUT" != results/ml-1m ] && settings="OUTPUT=$OUTPUT $settings"
@@ -58,10 +59,10 @@ mkdir -p "$OUTPUT/logs"
 for seed in $SEEDS; do
   for model in $MODELS; do
     while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do reap_one || break; done
-    python -m recbole_bifair.benchmark "$SPEC" "$@" --models "$model" --seeds "$seed" \
+    "$PYTHON" -m recbole_bifair.benchmark "$SPEC" "$@" --models "$model" --seeds "$seed" \
       --output_dir "$OUTPUT" > "$OUTPUT/logs/harness_${model}_${seed}.txt" 2>&1 &
   done
 done
 while reap_one; do :; done
-python -m recbole_bifair.benchmark "$SPEC" "$@" --report-only --output_dir "$OUTPUT"
+"$PYTHON" -m recbole_bifair.benchmark "$SPEC" "$@" --report-only --output_dir "$OUTPUT"
 exit $status

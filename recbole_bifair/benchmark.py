@@ -71,7 +71,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from recbole_bifair.errors import BiFairInputError
+from recbole_bifair.errors import BiFairInputError, exit_code_of
 from recbole_bifair.llm.atomic_file import replaced_atomically, write_text_atomically
 
 RUN_FLAG = "--run"
@@ -1455,20 +1455,20 @@ def benchmark_main(argv=None, prog=DEFAULT_PROG):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == [RUN_FLAG]:
         return child_main()
+    return exit_code_of(_benchmark_command, argv, prog)
+
+
+def _benchmark_command(argv, prog):
     _ensure_console_logging()
     logger = getLogger()
-    try:
-        args = parse_benchmark_args(argv)
-        if args.unknown:
-            logger.warning(f"Ignored arguments: {' '.join(args.unknown)}")
-        spec = load_spec(args.spec, output_dir=args.output_dir, overrides=parse_overrides(args.overrides))
-        seeds = _csv_list(args.seeds)
-        if seeds and not all(s.lstrip("-").isdigit() for s in seeds):
-            raise BiFairInputError(f"--seeds {args.seeds!r}: give comma-separated integers, e.g. --seeds 2020,2021.")
-        selected = select(spec, _csv_list(args.models), _csv_list(args.datasets), [int(s) for s in seeds or []])
-    except BiFairInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    args = parse_benchmark_args(argv)
+    if args.unknown:
+        logger.warning(f"Ignored arguments: {' '.join(args.unknown)}")
+    spec = load_spec(args.spec, output_dir=args.output_dir, overrides=parse_overrides(args.overrides))
+    seeds = _csv_list(args.seeds)
+    if seeds and not all(s.lstrip("-").isdigit() for s in seeds):
+        raise BiFairInputError(f"--seeds {args.seeds!r}: give comma-separated integers, e.g. --seeds 2020,2021.")
+    selected = select(spec, _csv_list(args.models), _csv_list(args.datasets), [int(s) for s in seeds or []])
     command = os.environ.get(COMMAND_VARIABLE) or " ".join([prog] + [shlex.quote(a) for a in argv])
     if args.report_only:
         write_reports(spec, command)

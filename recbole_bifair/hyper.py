@@ -25,7 +25,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from recbole_bifair.errors import BiFairInputError
+from recbole_bifair.errors import BiFairInputError, exit_code_of
 from recbole_bifair.utils import properties_dir
 
 KINDS = ("choice", "uniform", "quniform", "loguniform")
@@ -373,11 +373,7 @@ def main(argv=None):
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)
-    try:
-        return hyper_main(argv)
-    except BiFairInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return exit_code_of(hyper_main, argv)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from recbole.data.transform import construct_transform
 from recbole.utils import get_environment, get_flops, init_logger, init_seed, set_color
 
 from recbole_bifair.config import Config
-from recbole_bifair.errors import BiFairInputError
+from recbole_bifair.errors import BAD_INPUT_EXIT_CODE, BiFairInputError, exit_code_of
 from recbole_bifair.model.llm_enhanced import GROUP_FAIR_FAMILIES, split_family_name
 from recbole_bifair.trainer.resume import keep_last_checkpoint, resume_run
 from recbole_bifair.utils import get_model, get_trainer
@@ -87,19 +87,14 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, saved
     return None if queue.empty() else queue.get()
 
 
-BAD_INPUT_EXIT_CODE = 2
-
-
 def _run_rank(local_rank, model, dataset, config_file_list, config_dict, saved, queue):
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     config_dict = {**config_dict, "local_rank": local_rank}
-    try:
-        run_recbole_bifair(model, dataset, config_file_list, config_dict, saved, queue)
-    except BiFairInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(BAD_INPUT_EXIT_CODE)
+    code = exit_code_of(run_recbole_bifair, model, dataset, config_file_list, config_dict, saved, queue)
+    if code:
+        sys.exit(code)
 
 
 def run_recbole_bifair(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True, queue=None):

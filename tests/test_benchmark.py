@@ -268,7 +268,7 @@ def test_parallel_gpu_script_runs_every_job_and_reports_failures(tmp_path):
     script = os.path.join(REPO_ROOT, "benchmarks", "ml-1m-gpu.sh")
     output = str(tmp_path / "out")
     env = {**os.environ, "SPEC": "benchmarks/tiny.yaml", "MODELS": "SASRec NoSuchModel", "SEEDS": "2020 2021",
-           "OUTPUT": output, "JOBS": "2"}
+           "OUTPUT": output, "JOBS": "2", "PYTHON": sys.executable}
     finished = subprocess.run(["bash", script, "--set", "epochs=1"], env=env, capture_output=True, text=True,
                               timeout=600)
     assert finished.returncode == 1, finished.stderr

@@ -2,7 +2,7 @@
 LLM item table ``E``, through the inner level's response to ``E``.
 
 This is our reconstruction [ours] of the nested update the abstract describes (the paper's
-text and code are not public). With ``L_in`` the inner level's group-weighted loss, ``lambda``
+code is not public; this project was built from its abstract and public summaries). With ``L_in`` the inner level's group-weighted loss, ``lambda``
 the outer balancer's weights and ``B_meta`` a batch the inner level has not used:
 
     F(E)    = sum_g lambda_g L_g(E, theta*(E); B_meta) / sum_g lambda_g  +  beta * ||E - E0||^2
