@@ -3,10 +3,16 @@ ratios to the plain backbone measured in the same process (absolute seconds swin
 load).
 
     python benchmarks/step_cost.py --dataset=ml-100k --steps=10 [--backbone=SASRec] [--MAX_ITEM_LIST_LENGTH=20 ...]
+    python benchmarks/step_cost.py --dataset=ml-100k --steps=10 --anomaly --profile=8 --variants=first_order
 
-Extra ``--key=value`` options are RecBole config overrides for every model.
+``--anomaly`` also times every model with autograd's anomaly detection on (what importing
+RecBole's SINE module leaves switched on; ``recbole_bifair.compat`` switches it off) and
+prints the ratio; ``--profile=N`` prints the N operators with the most CPU time over the timed
+steps of each model (``torch.profiler``). Extra ``--key=value`` options are RecBole config
+overrides for every model.
 """
 import argparse
+import contextlib
 import sys
 import time
 
@@ -26,14 +32,14 @@ BIFAIR_VARIANTS = {
 }
 
 
-def measured_models(backbone):
+def measured_models(backbone, variants=None):
     """(label, model name, settings) of every measured row, the plain backbone first."""
     rows = [(backbone, backbone, {}), (f"LLM{backbone}", f"LLM{backbone}", {})]
     return rows + [(f"BiFair{backbone} ({variant})", f"BiFair{backbone}", settings)
-                   for variant, settings in BIFAIR_VARIANTS.items()]
+                   for variant, settings in BIFAIR_VARIANTS.items() if not variants or variant in variants]
 
 
-def seconds_per_step(model, settings, dataset, overrides, steps):
+def seconds_per_step(model, settings, dataset, overrides, steps, anomaly=False, profile=0):
     config = Config(model=model, dataset=dataset, config_dict={**overrides, **settings})
     init_seed(config["seed"], config["reproducibility"])
     _, train_data, _, _, built, trainer = prepare_run(config)
@@ -54,12 +60,25 @@ def seconds_per_step(model, settings, dataset, overrides, steps):
     step(0, batches[0])
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    start = time.perf_counter()
-    for i, batch in enumerate(batches[1:], start=1):
-        step(i, batch)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / (len(batches) - 1)
+    with torch.autograd.set_detect_anomaly(anomaly), profiled(profile) as profiler:
+        start = time.perf_counter()
+        for i, batch in enumerate(batches[1:], start=1):
+            step(i, batch)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        seconds = (time.perf_counter() - start) / (len(batches) - 1)
+    if profiler is not None:
+        print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=profile))
+    return seconds
+
+
+@contextlib.contextmanager
+def profiled(rows):
+    if not rows:
+        yield None
+        return
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        yield profiler
 
 
 def main(argv):
@@ -67,16 +86,24 @@ def main(argv):
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--backbone", default="SASRec", choices=supported_backbones("BiFair"))
+    parser.add_argument("--anomaly", action="store_true", help="also time each model with anomaly detection on")
+    parser.add_argument("--profile", type=int, default=0, help="print the N operators with the most CPU time")
+    parser.add_argument("--variants", default=None, help=f"comma-separated BiFair variants (default all: {', '.join(BIFAIR_VARIANTS)})")
     args, rest = parser.parse_known_args(argv)
     overrides = {"state": "WARNING", "show_progress": False, "outer_every": 4}
     overrides.update(parse_overrides(item.lstrip("-") for item in rest))
     sys.argv = sys.argv[:1]
     base = None
     print(f"dataset {args.dataset}, {args.steps} steps, overrides {overrides}, device {'cuda' if torch.cuda.is_available() else 'cpu'}")
-    for label, model, settings in measured_models(args.backbone):
-        seconds = seconds_per_step(model, settings, args.dataset, overrides, args.steps)
+    variants = args.variants.split(",") if args.variants else None
+    for label, model, settings in measured_models(args.backbone, variants):
+        seconds = seconds_per_step(model, settings, args.dataset, overrides, args.steps, profile=args.profile)
         base = base or seconds
-        print(f"{label:34s} {seconds * 1000:9.1f} ms/step   x{seconds / base:.2f}", flush=True)
+        line = f"{label:34s} {seconds * 1000:9.1f} ms/step   x{seconds / base:.2f}"
+        if args.anomaly:
+            with_anomaly = seconds_per_step(model, settings, args.dataset, overrides, args.steps, anomaly=True)
+            line += f"   anomaly detection on: {with_anomaly * 1000:9.1f} ms/step (x{with_anomaly / seconds:.2f})"
+        print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -200,11 +200,15 @@ def fix_anomaly_detection_left_on():
     ``torch.autograd.set_detect_anomaly(True)`` for the whole process: every backward
     operation is then checked for NaN and every forward operation records its stack, which
     makes a SASRec training step on a CPU about 1.6x slower (``results/step_profile_cpu.md``)
-    without changing a number. Import it once, then switch anomaly detection back off; a user
-    who wants it sets it after importing the plugin."""
+    without changing a number. Import it once, then switch anomaly detection back off, unless
+    the user had switched it on before SINE was first imported."""
+    import sys
+
+    users_own = torch.is_anomaly_enabled() and "recbole.model.sequential_recommender.sine" not in sys.modules
     import recbole.model.sequential_recommender.sine  # noqa: F401  (its import switches it on)
 
-    torch.autograd.set_detect_anomaly(False)
+    if not users_own:
+        torch.autograd.set_detect_anomaly(False)
 
 
 def apply_all():

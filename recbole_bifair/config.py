@@ -156,15 +156,16 @@ def read_config_file(path, yaml_loader):
 
 def command_line_options(argv):
     """The ``--key=value`` options of ``argv`` as strings (other arguments are the entry
-    point's own: ``--model SASRec``, ``-m``); a malformed option or a key given twice with
-    different values is an error."""
+    point's own: ``--model SASRec``, ``-m``). The value is everything after the first ``=``
+    (``--checkpoint_dir=runs/lr=0.01``); an option without a key, or a key given twice with
+    different values, is an error."""
     options = {}
     for arg in argv:
         if not arg.startswith("--") or "=" not in arg:
             continue
         key, _, value = arg[2:].partition("=")
-        if not key or "=" in value:
-            raise BiFairInputError(f"malformed option '{arg}': give settings as --key=value, one value per key.")
+        if not key:
+            raise BiFairInputError(f"malformed option '{arg}': give settings as --key=value.")
         if key in options and options[key] != value:
             raise BiFairInputError(f"--{key} is given twice ({options[key]} and {value}); give it once.")
         options[key] = value
@@ -182,9 +183,9 @@ def check_run_settings(config):
 
     from recbole_bifair.config_values import non_negative_int, number, positive_int
 
-    for key in ("epochs", "train_batch_size", "eval_batch_size", "stopping_step"):
+    for key in ("epochs", "train_batch_size", "eval_batch_size"):
         positive_int(config, key)
-    non_negative_int(config, "eval_step")
+    non_negative_int(config, "stopping_step")
     number(config, "learning_rate", minimum=0, strictly_above=True)
     for key in ("learner", "outer_learner"):
         learner = config.get(key)

@@ -13,7 +13,7 @@ from recbole.utils import get_environment, get_flops, init_logger, init_seed, se
 from recbole_bifair.config import Config
 from recbole_bifair.errors import BAD_INPUT_EXIT_CODE, BiFairInputError, exit_code_of
 from recbole_bifair.model.llm_enhanced import GROUP_FAIR_FAMILIES, split_family_name
-from recbole_bifair.trainer.resume import keep_last_checkpoint, resume_run
+from recbole_bifair.trainer.resume import keep_last_checkpoint, remove_last_checkpoint, resume_run
 from recbole_bifair.utils import get_model, get_trainer
 
 
@@ -92,7 +92,10 @@ def _run_rank(local_rank, model, dataset, config_file_list, config_dict, saved, 
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     config_dict = {**config_dict, "local_rank": local_rank}
-    code = exit_code_of(run_recbole_bifair, model, dataset, config_file_list, config_dict, saved, queue)
+    def run_this_rank():
+        run_recbole_bifair(model, dataset, config_file_list, config_dict, saved, queue)
+
+    code = exit_code_of(run_this_rank)
     if code:
         sys.exit(code)
 
@@ -128,6 +131,7 @@ def run_recbole_bifair(model=None, dataset=None, config_file_list=None, config_d
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
+    remove_last_checkpoint(trainer)
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
 
     logger.info("The running environment of this training is as follows:\n" + get_environment(config).draw())

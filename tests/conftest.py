@@ -1,6 +1,7 @@
 """Shared helpers: the bundled tiny dataset (tests/test_data/tiny) and small-model settings."""
 import os
 import sys
+import tempfile
 
 import pytest
 
@@ -9,6 +10,10 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # RecBole's Config reads every --key=value of sys.argv: keep pytest's own options out of it.
 sys.argv = sys.argv[:1]
+
+# The user's cache of LLM item vectors is never read or written by the tests (nor by the runs
+# they start, which inherit the environment).
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="recbole_bifair_tests_cache_")
 
 
 def tiny_config(tmp_path, **overrides):

@@ -259,6 +259,14 @@ def test_step_cost_script_measures_any_backbone(tmp_path, capsys, embedding_cach
     assert [line.split()[0] for line in lines] == ["BPR", "LLMBPR"] + ["BiFairBPR"] * 4
     assert lines[0].endswith("x1.00")
     assert all(float(line.split()[-3]) > 0 for line in lines)
+    step_cost.main(["--dataset=tiny", "--steps=1", "--backbone=BPR", f"--data_path={TEST_DATA}", "--load_col=~",
+                    "--embedding_size=8", "--train_batch_size=64", f"--llm_emb_cache_dir={embedding_cache}",
+                    f"--checkpoint_dir={tmp_path}", "--anomaly", "--profile=3", "--variants=first_order"])
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if "ms/step" in line]
+    assert [line.split()[0] for line in lines] == ["BPR", "LLMBPR", "BiFairBPR"]
+    assert all("anomaly detection on:" in line for line in lines)
+    assert out.count("Self CPU time total") == 3
 
 
 def test_parallel_gpu_script_runs_every_job_and_reports_failures(tmp_path):

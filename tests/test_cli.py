@@ -70,7 +70,6 @@ BAD_SETTINGS = {
     "--epochs=0": "error: epochs must be a positive integer; got 0.",
     "--learning_rate=-0.001": "error: learning_rate must be > 0; got -0.001.",
     "--outer_learner=nosuch": "error: outer_learner must be one of adam, adamw, sgd, adagrad, rmsprop, sparse_adam; got 'nosuch'.",
-    "--foo=a=b": "error: malformed option '--foo=a=b': give settings as --key=value, one value per key.",
     "--topk=[0]": "error: topk must be a positive integer or a list of them; got [0].",
 }
 
@@ -111,6 +110,10 @@ def test_config_values_are_read_as_literals_never_run(tmp_path):
     assert not marker.exists()
     assert config["user_note"].startswith("__import__")
     assert config["metrics"] == ["NDCG", "Hit"] and config["topk"] == [5, 10]
+    from recbole_bifair.config import command_line_options
+
+    assert command_line_options(["--checkpoint_dir=runs/lr=0.01", "--model", "SASRec"]) == {
+        "checkpoint_dir": "runs/lr=0.01"}
 
 
 def test_empty_config_file_is_no_settings(tmp_path):
@@ -141,17 +144,31 @@ def best_checkpoint(directory):
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+def valid_scores_logged(caplog):
+    """{epoch: valid score} from the log records of a run (and clears them)."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", caplog.text)
+    caplog.clear()
+    found = re.findall(r"epoch (\d+) evaluating \[time: [^,]*, valid_score: ([0-9.]+)\]", text)
+    return {int(epoch): score for epoch, score in found}
+
+
 @pytest.mark.parametrize("model", ["SASRec", "BiFairSASRec"])
-def test_resume_last_ends_as_the_uninterrupted_run(model, monkeypatch, capsys, tmp_path, embedding_cache):
+def test_resume_last_ends_as_the_uninterrupted_run(model, monkeypatch, capsys, caplog, tmp_path, embedding_cache):
+    import logging
+
     import torch
 
     from recbole_bifair.trainer import resume
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny_config(
-        tmp_path, epochs=4, stopping_step=10, llm_emb_cache_dir=embedding_cache)))
+        tmp_path, epochs=4, stopping_step=10, state="INFO", llm_emb_cache_dir=embedding_cache)))
     args = [f"--model={model}", "--dataset=tiny", "--config_files=tiny.yaml"]
+    caplog.set_level(logging.INFO)
     assert run_in_process([*args, "--checkpoint_dir=whole"], monkeypatch, capsys)[0] == 0
+    whole_scores = valid_scores_logged(caplog)
 
     save_last = resume.save_last_checkpoint
 
@@ -162,9 +179,15 @@ def test_resume_last_ends_as_the_uninterrupted_run(model, monkeypatch, capsys, t
 
     monkeypatch.setattr(resume, "save_last_checkpoint", save_then_interrupt)
     assert run_in_process([*args, "--checkpoint_dir=cut"], monkeypatch, capsys)[0] == 130
+    assert len(list((tmp_path / "cut").glob("*-last.pth"))) == 1
+    caplog.clear()
     monkeypatch.setattr(resume, "save_last_checkpoint", save_last)
     assert run_in_process([*args, "--checkpoint_dir=cut", "--resume=last"], monkeypatch, capsys)[0] == 0
+    assert not list((tmp_path / "cut").glob("*-last.*")), "a finished run leaves no last checkpoint"
 
+    resumed_scores = valid_scores_logged(caplog)
+    assert sorted(whole_scores) == [0, 1, 2, 3] and sorted(resumed_scores) == [2, 3]
+    assert {epoch: whole_scores[epoch] for epoch in (2, 3)} == resumed_scores
     whole, resumed = best_checkpoint(tmp_path / "whole"), best_checkpoint(tmp_path / "cut")
     assert resumed["epoch"] == whole["epoch"] and resumed["best_valid_score"] == whole["best_valid_score"]
     assert whole["state_dict"].keys() == resumed["state_dict"].keys()
@@ -192,7 +215,8 @@ def test_users_with_one_interaction_each_are_one_clear_error(monkeypatch, capsys
     first_of_each_user = list({row.split("\t")[0]: row for row in reversed(rows)}.values())
     (tmp_path / "single").mkdir()
     (tmp_path / "single" / "single.inter").write_text("\n".join([header, *first_of_each_user]) + "\n")
-    code, err = run_in_process(["--model=SASRec", "--dataset=single", f"--data_path={tmp_path}", "--epochs=1"],
+    code, err = run_in_process(["--model=SASRec", "--dataset=single", f"--data_path={tmp_path}", "--epochs=1",
+                                "--load_col=None"],
                                monkeypatch, capsys)
     assert code == 2 and err.startswith("error: the training split of single is empty") and "Traceback" not in err
 

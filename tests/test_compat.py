@@ -123,6 +123,8 @@ def test_anomaly_detection_is_off_after_recbole_models_are_imported():
     assert anomaly_after(models) == "True"  # RecBole alone: SINE's import switches it on
     assert anomaly_after(f"import recbole_bifair; {models}") == "False"
     assert anomaly_after(f"{models}; import recbole_bifair") == "False"
+    users_own = "import torch; torch.autograd.set_detect_anomaly(True); import recbole_bifair"
+    assert anomaly_after(users_own) == "True"  # switched on by the user, not by SINE: kept
 
 
 def test_checkpoint_save_replaces_the_old_file_whole_or_not_at_all(tmp_path):

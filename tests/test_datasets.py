@@ -649,9 +649,10 @@ def test_own_csv_becomes_atomic_files_that_recbole_reads_back_exactly(tmp_path, 
                          "--items=items.csv", "--user_col=uid", "--item_col=movie", "--time_col=when"]) == 0
     printed = capsys.readouterr().out
     assert "Prepared mine in data/mine/" in printed
-    assert "Run it: python run_recbole_bifair.py --model=BiFairSASRec --dataset=mine --data_path=data" in printed
+    assert ("Run it: python run_recbole_bifair.py --model=BiFairSASRec --dataset=mine --data_path=data "
+            "--load_col=None") in printed
     config = Config(model="LLMSASRec", dataset="mine", config_dict={
-        "data_path": "data", "state": "WARNING", "epochs": 1, "MAX_ITEM_LIST_LENGTH": 10, "hidden_size": 16,
+        "data_path": "data", "load_col": None, "state": "WARNING", "epochs": 1, "MAX_ITEM_LIST_LENGTH": 10, "hidden_size": 16,
         "inner_size": 32, "n_layers": 1, "n_heads": 1, "llm_emb_cache_dir": str(tmp_path / "cache"),
         "checkpoint_dir": str(tmp_path / "saved")})
     _, train_data, _, _, _, _ = prepare_run(config)

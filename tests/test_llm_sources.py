@@ -53,7 +53,7 @@ def tiny(tmp_path_factory):
 @pytest.fixture
 def data_dir(tmp_path):
     """A writable copy of the tiny dataset folder."""
-    return Path(shutil.copytree(FIXTURES, tmp_path / "data" / "tiny"))
+    return Path(shutil.copytree(FIXTURES, tmp_path / "data" / "tiny", ignore=shutil.ignore_patterns("*.itememb*")))
 
 
 def with_settings(config, **overrides):
@@ -563,15 +563,29 @@ def test_temporary_files_of_killed_writers_are_removed_and_a_live_ones_kept(tmp_
     import subprocess
     import sys
 
-    from recbole_bifair.llm.atomic_file import write_text_atomically
+    from recbole_bifair.llm.atomic_file import _host_tag, write_text_atomically
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead_pid = int(dead.stdout)
-    stale = tmp_path / f".vectors.itememb.{dead_pid}.deadbeef.tmp"
-    live = tmp_path / f".vectors.itememb.{os.getppid()}.cafef00d.tmp"  # a concurrent writer, still running
-    other = tmp_path / f".other.itememb.{dead_pid}.deadbeef.tmp"
-    for path in (stale, live, other):
+    dead_pid, host = int(dead.stdout), _host_tag()
+    stale = tmp_path / f".vectors.itememb.{host}.{dead_pid}.deadbeef.tmp"
+    live = tmp_path / f".vectors.itememb.{host}.{os.getppid()}.cafef00d.tmp"  # a concurrent writer, still running
+    elsewhere = tmp_path / f".vectors.itememb.other-machine.{dead_pid}.deadbeef.tmp"  # its PIDs mean nothing here
+    other = tmp_path / f".other.itememb.{host}.{dead_pid}.deadbeef.tmp"
+    for path in (stale, live, elsewhere, other):
         path.write_text("partial")
     write_text_atomically(str(tmp_path / "vectors.itememb"), "whole\n")
     assert (tmp_path / "vectors.itememb").read_text() == "whole\n"
-    assert not stale.exists() and live.exists() and other.exists()
+    assert not stale.exists() and live.exists() and elsewhere.exists() and other.exists()
+
+
+def test_an_empty_or_cut_npy_file_is_one_clear_error(tiny, tmp_path):
+    config, dataset = tiny
+    tokens = item_tokens(dataset)[1:]
+    (tmp_path / "ids.txt").write_text("\n".join(tokens) + "\n", encoding="utf-8")
+    np.save(tmp_path / "whole.npy", np.ones((len(tokens), 4), dtype=np.float32))
+    (tmp_path / "empty.npy").write_bytes(b"")
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "whole.npy").read_bytes()[:200])
+    for name in ("empty.npy", "cut.npy"):
+        settings = with_settings(config, llm_emb_file=str(tmp_path / name), llm_emb_ids_file=str(tmp_path / "ids.txt"))
+        with pytest.raises(BiFairInputError, match=f"Cannot read .*{name} as a .npy matrix"):
+            load_item_embeddings(settings, dataset)

@@ -82,7 +82,7 @@ def check_quoting(lines, path, separator):
     except csv.Error:
         raise BiFairInputError(
             f"{path}, line {reader.line_num}: a field starting with a double quote is not a quoted "
-            "CSV field, and RecBole's reader would fail or join lines. Quote it and double the inner "
+            "CSV field, and RecBole's reader would fail, drop the quotes or join lines. Quote it and double the inner "
             "quotes (\"\"\"Great Performances\"\" Cats\"), or write the files with "
             "`python run_recbole_bifair.py --prepare=csv`.") from None
 
@@ -97,6 +97,8 @@ def check_needed_columns(path, fields, config):
     load_col = config_value(config, "load_col")
     loaded = (load_col or {}).get("inter") if isinstance(load_col, dict) else None
     for key, name in needed.items():
+        if name is None:  # not used by this run (context-aware data sets no user or item id)
+            continue
         if name not in fields:
             raise BiFairInputError(
                 f"{path} has no column {name!r} ({key}); its columns are {', '.join(fields)}. Set "

@@ -8,7 +8,8 @@ atomic files with the right types and quoting (``--prepare=csv``).
 ``<data_path>/<dataset>/<dataset>.inter`` gets ``user_id:token item_id:token
 [rating:float] timestamp:float`` (times as numbers, or dates turned into Unix seconds);
 ``<dataset>.item`` gets ``item_id:token`` and one ``token_seq`` field per text column (all
-non-id columns by default), each value on one line. Existing files are never replaced.
+non-id columns by default), each value on one line. Existing files are never replaced. Run
+it with ``load_col: ~`` (``--load_col=None``), so that RecBole loads the time and text columns.
 """
 import os
 
@@ -110,4 +111,5 @@ def prepare_csv(dataset_dir, name, interactions=None, items=None, sep=",", text_
     known = set(item["item_id"])
     return {"dataset": name, "path": dataset_dir, "status": "prepared", "source": f"{interactions} and {items}",
             "users": inter["user_id"].nunique(), "items": inter["item_id"].nunique(),
-            "interactions": len(inter), "items_without_text": int((~inter["item_id"].drop_duplicates().isin(known)).sum())}
+            "interactions": len(inter), "items_without_text": int((~inter["item_id"].drop_duplicates().isin(known)).sum()),
+            "load_every_column": True}

@@ -244,8 +244,9 @@ def summary_lines(summary):
     if summary.get("verified") is False:
         lines.append("  (not verified against the official checksums and counts)")
     data_path = os.path.dirname(os.path.normpath(summary["path"]))
+    load_col = " --load_col=None" if summary.get("load_every_column") else ""
     lines.append(f"Run it: python run_recbole_bifair.py --model=BiFairSASRec --dataset={summary['dataset']} "
-                 f"--data_path={data_path}")
+                 f"--data_path={data_path}{load_col}")
     return lines
 
 

@@ -99,8 +99,9 @@ def read_npy_with_ids(path, ids_path, encoding="utf-8"):
         raise BiFairInputError(f"Item ids file not found: {ids_path}. Check llm_emb_ids_file.")
     try:
         matrix = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise BiFairInputError(f"Cannot read {path} as a .npy matrix ({error}). Save it with numpy.save.") from None
+    except (OSError, ValueError, EOFError) as error:  # EOFError: an empty or truncated file
+        reason = str(error) or "the file is empty or cut short"
+        raise BiFairInputError(f"Cannot read {path} as a .npy matrix ({reason}). Save it with numpy.save.") from None
     if matrix.ndim != 2 or matrix.shape[1] == 0 or not np.issubdtype(matrix.dtype, np.number):
         raise BiFairInputError(
             f"{path} holds a {matrix.dtype} array of shape {matrix.shape}; expected a 2-D numeric "
@@ -181,11 +182,12 @@ def replaced_atomically(path, mode="w", encoding=None):
     """Yields a file open on a temporary file next to ``path``; when the block ends it is
     synced and renamed over ``path``, so a reader sees the old file or the whole new one,
     never a part. On an error the temporary file is removed and ``path`` left as it was; the
-    temporary files of ``path`` that killed processes left behind are removed first (a
-    temporary file is named after its process, so a running writer's is never touched)."""
+    temporary files of ``path`` that killed processes of this machine left behind are removed
+    first (a temporary file is named after its machine and process, so a running writer's is
+    never touched)."""
     directory, name = os.path.split(os.path.abspath(path))
     remove_stale_temporaries(directory, name)
-    temporary = os.path.join(directory, f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    temporary = os.path.join(directory, f".{name}.{_host_tag()}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(descriptor, mode, encoding=encoding) as f:
@@ -199,9 +201,17 @@ def replaced_atomically(path, mode="w", encoding=None):
         raise
 
 
+def _host_tag():
+    """This machine's name, safe inside a file name (PIDs mean something on one machine only)."""
+    import socket
+
+    return "".join(c if c.isalnum() or c == "-" else "-" for c in socket.gethostname()) or "host"
+
+
 def remove_stale_temporaries(directory, name):
-    """Remove ``.<name>.<pid>.<hex>.tmp`` files in ``directory`` whose process is gone."""
-    prefix = f".{name}."
+    """Remove ``.<name>.<host>.<pid>.<hex>.tmp`` files in ``directory`` written by processes of
+    this machine that are gone."""
+    prefix = f".{name}.{_host_tag()}."
     try:
         candidates = [entry for entry in os.listdir(directory) if entry.startswith(prefix) and entry.endswith(".tmp")]
     except OSError:

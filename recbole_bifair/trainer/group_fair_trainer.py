@@ -14,9 +14,6 @@ Per batch: ``loss = sum_g w_g L_g / sum_g w_g`` (``inner_weighting: group``, wei
 balancer), or the IPS-weighted or plain mean of the per-example losses, plus
 ``loss_spread_weight * Var_g(L_g)`` over the groups present in the batch.
 """
-import random
-
-import numpy as np
 import torch
 from recbole.trainer import Trainer
 from recbole.utils import get_gpu_usage, set_color
@@ -32,6 +29,7 @@ from recbole_bifair.llm.layer import projector_output_parameters
 from recbole_bifair.trainer.balancer import build_balancer
 from recbole_bifair.trainer.bilevel import group_gradients_over
 from recbole_bifair.trainer.losses import group_mean_losses, per_example_loss, weighted_group_loss
+from recbole_bifair.trainer.resume import random_states, restore_random_states
 
 INNER_WEIGHTINGS = ("group", "item_ips", "none")
 
@@ -212,14 +210,8 @@ class GroupFairTrainer(Trainer):
 
     def _training_state(self):
         """What an exact resume needs beyond RecBole's checkpoint."""
-        return {
-            "balancers": {level: b.state_dict() for level, b in self._balancers().items()},
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "numpy_rng": np.random.get_state(),
-            "python_rng": random.getstate(),
-            "train_generator": self._train_data.generator.get_state() if getattr(self, "_train_data", None) else None,
-        }
+        return {"balancers": {level: b.state_dict() for level, b in self._balancers().items()},
+                **random_states(getattr(self, "_train_data", None))}
 
     def resume_checkpoint(self, resume_file):
         """RecBole's resume (model, optimiser, epoch, early-stopping state); balancer, random
@@ -246,10 +238,4 @@ class GroupFairTrainer(Trainer):
             return
         for level, balancer in self._balancers().items():
             balancer.load_state_dict(state["balancers"][level])
-        torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        np.random.set_state(state["numpy_rng"])
-        random.setstate(state["python_rng"])
-        if state["train_generator"] is not None:
-            self._train_data.generator.set_state(state["train_generator"])
+        restore_random_states(state, self._train_data)

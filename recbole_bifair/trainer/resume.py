@@ -31,23 +31,23 @@ def last_checkpoint_path(best_model_file):
     return stem + LAST_SUFFIX + extension
 
 
-def random_states(train_data):
-    """Every random generator a training epoch draws from."""
+def random_states(train_data=None):
+    """Every random generator a training epoch draws from (``train_data``'s shuffling too)."""
     return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "numpy_rng": np.random.get_state(),
+        "python_rng": random.getstate(),
         "train_generator": train_data.generator.get_state() if getattr(train_data, "generator", None) else None,
     }
 
 
-def restore_random_states(states, train_data):
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-    np.random.set_state(states["numpy"])
-    random.setstate(states["python"])
+def restore_random_states(states, train_data=None):
+    torch.set_rng_state(states["torch_rng"])
+    if states["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda_rng"])
+    np.random.set_state(states["numpy_rng"])
+    random.setstate(states["python_rng"])
     if states["train_generator"] is not None:
         train_data.generator.set_state(states["train_generator"])
 
@@ -90,6 +90,18 @@ def save_last_checkpoint(trainer, finished_epoch, train_data, valid_scores, epoc
     write_text_atomically(os.path.splitext(path)[0] + ".json", json.dumps(sidecar, indent=1) + "\n")
 
 
+def remove_last_checkpoint(trainer):
+    """After ``fit`` returned: the run is over, so its last checkpoint and sidecar go (the best
+    checkpoint stays); ``--resume=last`` never continues a finished run."""
+    from recbole_bifair.distributed import is_main_process
+
+    path = last_checkpoint_path(trainer.saved_model_file)
+    if is_main_process():
+        for leftover in (path, os.path.splitext(path)[0] + ".json"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
+
+
 def find_last_checkpoint(checkpoint_dir, model, dataset):
     """The newest last checkpoint of ``model`` on ``dataset`` in ``checkpoint_dir``, through the
     JSON sidecars."""
@@ -115,6 +127,9 @@ def resume_run(trainer, resume, train_data, valid_scores, epoch_seconds):
     continues after its last finished epoch, exactly; a best checkpoint (RecBole's) continues
     after its best epoch, RecBole's resume. Returns the path loaded."""
     config = trainer.config
+    if not config["single_spec"]:
+        raise BiFairInputError("--resume continues single-process runs only (each process of a multi-process "
+                               "run has its own random state); resume it with one process.")
     path = find_last_checkpoint(config["checkpoint_dir"], config["model"], config["dataset"]) if resume == "last" else resume
     if not os.path.isfile(path):
         raise BiFairInputError(f"--resume: no checkpoint at {path}; give a .pth file that a run saved, or `last`.")
