@@ -294,6 +294,11 @@ def plan_run(spec, dataset, seed, entry):
     return RunPlan(dataset=dataset, seed=seed, entry=entry, config=config, run_id=run_id, fingerprint=fingerprint)
 
 
+# Keys that say how a run is carried out, not what it computes: a default added for them does not
+# make finished runs stale.
+RUN_CONTROL_KEYS = ("resume",)
+
+
 def resolved_identity(model, dataset, config):
     """What decides a run's result besides its seed: ``config`` over the plugin's defaults (the
     values of every plugin YAML file layered under the run, merged as the plugin's ``Config``
@@ -310,6 +315,8 @@ def resolved_identity(model, dataset, config):
     for path in plugin_yaml_files(model, split_family_name(model)[0], dataset):
         with open(path, encoding="utf-8") as file:
             defaults.update(yaml.safe_load(file) or {})
+    for key in RUN_CONTROL_KEYS:
+        defaults.pop(key, None)
     return {"config": {**defaults, **config},
             "versions": {"recbole_bifair": recbole_bifair.__version__, "recbole": recbole.__version__}}
 

@@ -676,3 +676,9 @@ def test_a_killed_harness_stops_its_run_and_leaves_no_outcome_file(signal_name, 
         harness.kill()
         for pid in child_pids(harness.pid):
             os.kill(pid, 9)
+
+
+def test_run_control_defaults_do_not_make_finished_runs_stale():
+    identity = benchmark.resolved_identity("BiFairSASRec", "ml-100k", {"epochs": 3})
+    assert "resume" not in identity["config"]  # properties/overall.yaml has resume: ~
+    assert identity["config"]["epochs"] == 3 and "balancer_temperature" in identity["config"]
