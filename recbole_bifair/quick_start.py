@@ -92,6 +92,7 @@ def _run_rank(local_rank, model, dataset, config_file_list, config_dict, saved, 
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     config_dict = {**config_dict, "local_rank": local_rank}
+
     def run_this_rank():
         run_recbole_bifair(model, dataset, config_file_list, config_dict, saved, queue)
 
