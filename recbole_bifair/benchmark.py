@@ -71,7 +71,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from recbole_bifair.errors import BiFairInputError, exit_code_of
+from recbole_bifair.errors import INTERRUPTED_EXIT_CODE, BiFairInputError, exit_code_of
 from recbole_bifair.llm.atomic_file import replaced_atomically, write_text_atomically
 
 RUN_FLAG = "--run"
@@ -1485,7 +1485,7 @@ def _benchmark_command(argv, prog):
         logger.warning(f"{len(summary.failed)} run(s) failed: {', '.join(summary.failed)} "
                        f"(see {os.path.join(spec.output_dir, 'logs')}).")
     if summary.interrupted:
-        return 130
+        return INTERRUPTED_EXIT_CODE
     return 1 if summary.failed else 0
 
 

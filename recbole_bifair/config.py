@@ -44,8 +44,9 @@ class Config(RecBoleConfig):
         return settings
 
     def _load_cmd_line(self):
-        """RecBole's ``--key=value`` options, where a malformed option (``--key=a=b``) or one
-        given twice with different values is one clear error."""
+        """RecBole's ``--key=value`` options (the value is everything after the first ``=``),
+        where an option without a key or one given twice with different values is one clear
+        error."""
         if "ipykernel_launcher" in sys.argv[0]:
             return {}
         return self._convert_config_dict(command_line_options(sys.argv[1:]))

@@ -228,6 +228,6 @@ def process_alive(pid):
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OSError):
+    except OSError:  # e.g. PermissionError: another user's process, alive
         return True
     return True

@@ -105,7 +105,7 @@ def preprocess_llm_table(table, mode, padding_idx=0, eps=1e-6):
         scale = (singular_values / max(n_items - 1, 1) ** 0.5).clamp(min=eps)
         table = (centred @ directions.T / scale).float()
     elif mode == "l2":
-        table = nn.functional.normalize(table, dim=1)
+        table = F.normalize(table, dim=1)
     return _with_zero_padding(table, padding_idx)
 
 

@@ -31,6 +31,11 @@ def last_checkpoint_path(best_model_file):
     return stem + LAST_SUFFIX + extension
 
 
+def sidecar_path(last_checkpoint):
+    """The JSON sidecar beside a last checkpoint."""
+    return os.path.splitext(last_checkpoint)[0] + ".json"
+
+
 def random_states(train_data=None):
     """Every random generator a training epoch draws from (``train_data``'s shuffling too)."""
     return {
@@ -87,7 +92,7 @@ def save_last_checkpoint(trainer, finished_epoch, train_data, valid_scores, epoc
     config = trainer.config
     sidecar = {"model": config["model"], "dataset": config["dataset"], "finished_epoch": finished_epoch,
                "checkpoint": os.path.basename(path), "saved_at": time.time()}
-    write_text_atomically(os.path.splitext(path)[0] + ".json", json.dumps(sidecar, indent=1) + "\n")
+    write_text_atomically(sidecar_path(path), json.dumps(sidecar, indent=1) + "\n")
 
 
 def remove_last_checkpoint(trainer):
@@ -97,7 +102,7 @@ def remove_last_checkpoint(trainer):
 
     path = last_checkpoint_path(trainer.saved_model_file)
     if is_main_process():
-        for leftover in (path, os.path.splitext(path)[0] + ".json"):
+        for leftover in (path, sidecar_path(path)):
             if os.path.exists(leftover):
                 os.remove(leftover)
 
