@@ -10,8 +10,8 @@ import torch
 
 from recbole_bifair.errors import BiFairInputError
 from recbole_bifair.llm.layer import LLMItemEmbedding
-from recbole_bifair.model.llm_enhanced import NO_PER_EXAMPLE_LOSS, TESTED_BACKBONES
-from recbole_bifair.trainer.losses import per_example_loss
+from recbole_bifair.model.llm_enhanced import TESTED_BACKBONES
+from recbole_bifair.trainer.losses import example_losses
 from recbole_bifair.utils import get_model
 
 # Tiny sizes on top of conftest's (hidden/embedding 16, 1 layer): NeuMF's widths, short
@@ -30,7 +30,6 @@ CASES = [
     pytest.param(family, backbone, id=family + backbone)
     for backbone in TESTED_BACKBONES
     for family in ("LLM", "BiFair")
-    if not (family == "BiFair" and backbone in NO_PER_EXAMPLE_LOSS)
 ]
 
 
@@ -78,7 +77,7 @@ def _check_checkpoint(model_file, model):
         assert torch.equal(value.cpu(), expected[key].cpu()), key
 
 
-# ----- BERT4Rec: the mask row, and no per-example losses ---------------------------------------
+# ----- BERT4Rec: the mask row, and one example per masked position ------------------------------
 def test_bert4rec_mask_row_is_a_trainable_extra_row(tiny):
     config, train_data, *_, model, _ = tiny(model="LLMBERT4Rec", **SMALL)
     layer = model.item_embedding
@@ -89,10 +88,39 @@ def test_bert4rec_mask_row_is_a_trainable_extra_row(tiny):
     assert layer.weight.shape == (model.n_items + 1, config["hidden_size"])
 
 
-@pytest.mark.parametrize("family", ["BiFair", "IPS", "GroupDRO", "VarReg"])
-def test_group_aware_bert4rec_fails_with_one_clear_error(family):
-    with pytest.raises(BiFairInputError, match=f"{family}BERT4Rec: its masked-item loss.*Use LLMBERT4Rec.*SASRec"):
-        get_model(family + "BERT4Rec")
+@pytest.mark.parametrize("loss_type", ["CE", "BPR"])
+def test_bert4rec_examples_are_its_masked_positions(tiny, loss_type):
+    """One loss per masked position, about the item masked there; their mean is BERT4Rec's
+    own loss, and padding positions are not examples."""
+    settings = {**SMALL, "MAX_ITEM_LIST_LENGTH": 10}  # two masked positions per sequence
+    _, train_data, *_, model, trainer = tiny(model="BiFairBERT4Rec", loss_type=loss_type, **settings)
+    trainer._set_up_groups(train_data)
+    model.eval()
+    batch = next(iter(train_data))
+    losses, items = example_losses(model, batch)
+    masked = batch[model.MASK_INDEX] > 0
+    assert losses.shape == items.shape == (int(masked.sum()),)
+    assert torch.equal(items, batch[model.POS_ITEMS][masked])
+    assert masked.shape == (len(batch), 2) and 0 < int(masked.sum()) < masked.numel()
+    assert torch.allclose(losses.mean(), model.calculate_loss(batch), rtol=1e-5, atol=1e-6)
+    assert int(trainer._item_group[items].min()) >= 0
+
+
+@pytest.mark.parametrize("family", ["IPS", "GroupDRO", "VarReg"])
+def test_group_aware_bert4rec_trains_on_its_masked_positions(tiny, family):
+    config, train_data, valid_data, _, model, trainer = tiny(model=family + "BERT4Rec", **SMALL)
+    before = [p.detach().clone() for p in model.inner_parameters()]
+    _, valid_result = trainer.fit(train_data, valid_data, saved=False)
+    assert math.isfinite(valid_result["ndcggap@10"])
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.inner_parameters()))
+
+
+def test_a_loss_that_cannot_be_split_per_example_is_one_clear_error(tiny):
+    _, train_data, *_, model, _ = tiny(model="BiFairSASRec", **SMALL)
+    batch = next(iter(train_data))
+    model.calculate_example_losses = lambda interaction: (torch.zeros(()), interaction[model.ITEM_ID])
+    with pytest.raises(BiFairInputError, match="cannot be split per training example.*calculate_example_losses"):
+        example_losses(model, batch)
 
 
 # ----- per-example losses ----------------------------------------------------------------------
@@ -104,8 +132,8 @@ def test_per_example_losses_average_to_the_backbone_loss(tiny, backbone):
     trainer._set_up_groups(train_data)
     model.eval()  # no dropout: both calls see the same network
     batch = next(iter(train_data))
-    losses = per_example_loss(model, batch)
-    items = batch[model.ITEM_ID]
+    losses, items = example_losses(model, batch)
+    assert torch.equal(items, batch[model.ITEM_ID])
     assert losses.shape == items.shape
     assert torch.allclose(losses.mean(), model.calculate_loss(batch).squeeze(), rtol=1e-5, atol=1e-6)
     groups = trainer._item_group[items]

@@ -3,15 +3,15 @@ import pytest
 import torch
 
 from recbole_bifair.trainer import GroupFairTrainer
-from recbole_bifair.trainer.losses import group_mean_losses, per_example_loss
+from recbole_bifair.trainer.losses import example_losses, group_mean_losses
 
 
 def _batch_parts(trainer, train_data):
     batch = next(iter(train_data))
     trainer.model.eval()
     torch.manual_seed(0)
-    losses = per_example_loss(trainer.model, batch).detach()
-    items = batch[trainer.model.ITEM_ID]
+    losses, items = example_losses(trainer.model, batch)
+    losses = losses.detach()
     groups = trainer._item_group[items]
     return batch, losses, items, groups
 

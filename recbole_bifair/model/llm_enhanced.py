@@ -23,6 +23,7 @@ from recbole_bifair.llm.layer import (
     DUAL_FUSIONS, ID_INITS, LLM_PREPROCESSING, LLM_VIEWS, DualView, LLMItemEmbedding, build_projector,
     pca_item_table, preprocess_llm_table,
 )
+from recbole_bifair.trainer.losses import masked_item_losses
 
 FAMILY_PREFIXES = ("BiFair", "GroupDRO", "IPS", "VarReg", "LLM")
 GROUP_FAIR_FAMILIES = ("BiFair", "GroupDRO", "IPS", "VarReg")
@@ -33,40 +34,21 @@ TESTED_BACKBONES = (
     "SASRec", "GRU4Rec", "BERT4Rec", "NARM", "STAMP", "Caser", "NextItNet", "FPMC",
     "BPR", "LightGCN", "NeuMF",
 )
-# Backbones whose training loss has no one value per (sequence or user, target item) example,
-# so the group-aware families cannot weight item groups; LLM<Backbone> works for them.
-NO_PER_EXAMPLE_LOSS = {
-    "BERT4Rec": "its masked-item loss averages over several masked positions per sequence, "
-    "so no loss belongs to one target item",
-}
 # RecBole model types whose items are rows of an item table the LLM layer can replace.
 LLM_MODEL_TYPES = (ModelType.GENERAL, ModelType.SEQUENTIAL)
 
 
-def supported_backbones(family=None):
-    """The tested backbones usable with ``family`` (all of them for ``LLM``)."""
-    if family in GROUP_FAIR_FAMILIES:
-        return [b for b in TESTED_BACKBONES if b not in NO_PER_EXAMPLE_LOSS]
-    return list(TESTED_BACKBONES)
-
-
 def check_backbone(family, backbone):
     """One clear error for backbones the family cannot use: models that are not general or
-    sequential recommenders (context-aware, knowledge-aware, ...) and, for the group-aware
-    families, backbones without per-example losses."""
+    sequential recommenders (context-aware, knowledge-aware, ...). A backbone whose loss
+    cannot be split per example fails at its first training step (``trainer.losses``)."""
     name = backbone.__name__
     if getattr(backbone, "type", None) not in LLM_MODEL_TYPES:
         kind = getattr(getattr(backbone, "type", None), "name", "unknown").lower()
         raise BiFairInputError(
             f"{family}{name}: {name} is a {kind} model; the LLM item-embedding layer replaces the "
             "item table of general and sequential recommenders only. Backbones that take it: "
-            f"{', '.join(supported_backbones(family))}."
-        )
-    if family in GROUP_FAIR_FAMILIES and name in NO_PER_EXAMPLE_LOSS:
-        raise BiFairInputError(
-            f"{family}{name}: {NO_PER_EXAMPLE_LOSS[name]}; {family} weights each example by its "
-            f"target item's group, so it cannot train {name}. Use LLM{name}, or {family} with one of "
-            f"{', '.join(supported_backbones(family))}."
+            f"{', '.join(TESTED_BACKBONES)}."
         )
 
 
@@ -165,6 +147,14 @@ class LLMEnhancedMixin:
         return [p for p in self.parameters() if id(p) not in outer]
 
 
+def own_example_losses(backbone):
+    """How to split ``backbone``'s loss into examples when they are not its training rows
+    (``trainer.losses.example_losses``): BERT4Rec's examples are its masked positions."""
+    from recbole.model.sequential_recommender.bert4rec import BERT4Rec
+
+    return masked_item_losses if issubclass(backbone, BERT4Rec) else None
+
+
 @functools.lru_cache(maxsize=None)
 def build_llm_model(family, backbone):
     """The class ``<family><Backbone>`` built from RecBole model class ``backbone``."""
@@ -175,11 +165,10 @@ def build_llm_model(family, backbone):
         self._install_llm_item_embeddings(config, dataset)
 
     doc = f"{backbone.__name__} with its item table replaced by the LLM item-embedding layer ({family} family)."
-    return type(
-        family + backbone.__name__,
-        (LLMEnhancedMixin, backbone),
-        {"__init__": __init__, "__doc__": doc, "bifair": family == "BiFair", "__module__": __name__},
-    )
+    members = {"__init__": __init__, "__doc__": doc, "bifair": family == "BiFair", "__module__": __name__}
+    if own_example_losses(backbone) is not None:
+        members["calculate_example_losses"] = own_example_losses(backbone)
+    return type(family + backbone.__name__, (LLMEnhancedMixin, backbone), members)
 
 
 def __getattr__(name):

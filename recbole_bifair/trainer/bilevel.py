@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from recbole_bifair.trainer.losses import group_mean_losses, per_example_loss, weighted_group_loss
+from recbole_bifair.trainer.losses import example_losses, group_mean_losses, weighted_group_loss
 
 HYPERGRADIENT_MODES = ("first_order", "finite_difference", "exact", "implicit")
 LOOKAHEAD_UPDATES = ("sgd", "optimizer")
@@ -92,15 +92,15 @@ class Hypergradient:
         return float(cosine.clamp(-1.0, 1.0))
 
 
-class _PerExampleLossModule(nn.Module):
-    """``model``'s per-example loss as a module's forward, for ``functional_call``."""
+class _ExampleLossModule(nn.Module):
+    """``model``'s per-example losses and their items as a module's forward, for ``functional_call``."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
     def forward(self, interaction):
-        return per_example_loss(self.model, interaction)
+        return example_losses(self.model, interaction)
 
 
 class LookAheadObjective:
@@ -113,7 +113,7 @@ class LookAheadObjective:
     (``GroupFairTrainer.combine_losses``)."""
 
     def __init__(self, model, inner_names, llm_names, item_group, n_groups, combine_losses):
-        self.module = _PerExampleLossModule(model)
+        self.module = _ExampleLossModule(model)
         self.model = model
         self.inner_names = list(inner_names)
         self.llm_names = list(llm_names)
@@ -122,20 +122,21 @@ class LookAheadObjective:
         self.combine_losses = combine_losses
 
     def example_losses(self, theta, llm, interaction):
-        """Per-example losses on ``interaction`` with ``theta`` and ``E`` given as lists."""
+        """``(losses, items)`` of the examples of ``interaction`` with ``theta`` and ``E`` given
+        as lists."""
         params = {"model." + n: t for n, t in zip(self.inner_names, theta)}
         params.update({"model." + n: t for n, t in zip(self.llm_names, llm)})
         return functional_call(self.module, params, (interaction,))
 
     def group_losses(self, theta, llm, interaction):
         """``(L_g [K], n_g [K])`` on ``interaction``."""
-        losses = self.example_losses(theta, llm, interaction)
-        return group_mean_losses(losses, self.item_group[interaction[self.model.ITEM_ID]], self.n_groups)
+        losses, items = self.example_losses(theta, llm, interaction)
+        return group_mean_losses(losses, self.item_group[items], self.n_groups)
 
     def inner_loss(self, theta, llm, interaction):
         """``L_in``: the inner level's loss, exactly as the inner step computes it."""
-        losses = self.example_losses(theta, llm, interaction)
-        return self.combine_losses(losses, interaction[self.model.ITEM_ID])
+        losses, items = self.example_losses(theta, llm, interaction)
+        return self.combine_losses(losses, items)
 
 
 def proximity(llm, llm_init, beta):

@@ -28,7 +28,7 @@ from recbole_bifair.llm.atomic_file import save_atomically
 from recbole_bifair.llm.layer import projector_output_parameters
 from recbole_bifair.trainer.balancer import build_balancer
 from recbole_bifair.trainer.bilevel import group_gradients_over
-from recbole_bifair.trainer.losses import group_mean_losses, per_example_loss, weighted_group_loss
+from recbole_bifair.trainer.losses import example_losses, group_mean_losses, weighted_group_loss
 from recbole_bifair.trainer.resume import random_states, restore_random_states
 
 INNER_WEIGHTINGS = ("group", "item_ips", "none")
@@ -135,8 +135,8 @@ class GroupFairTrainer(Trainer):
 
     def _inner_loss(self, interaction):
         """The inner level's loss on ``interaction``; updates the balancer with its groups."""
-        losses = per_example_loss(self.model, interaction)
-        return self.combine_losses(losses, interaction[self.model.ITEM_ID], update_balancer=True)
+        losses, items = example_losses(self.model, interaction)
+        return self.combine_losses(losses, items, update_balancer=True)
 
     def combine_losses(self, losses, items, update_balancer=False):
         """One training loss from per-example ``losses`` of target ``items``: group-weighted

@@ -47,24 +47,65 @@ def unreduced_losses(model):
             module.reduction = reduction
 
 
-def per_example_loss(model, interaction):
-    """``[B]`` losses of ``model`` on ``interaction``, one per training row (its group is the
-    group of the row's ``ITEM_ID``: a sequence's target, a pairwise triple's positive item, a
+def example_losses(model, interaction):
+    """``(losses [M], items [M])``: one training loss per example of ``model`` on
+    ``interaction``, and the item each example is about (its group decides the example's
+    weight). A backbone names its own examples with a method
+    ``calculate_example_losses(interaction)`` returning both (``BiFairBERT4Rec``: one example per
+    masked position, see :func:`masked_item_losses`); otherwise an example is a training row and
+    its item the row's ``ITEM_ID`` (a sequence's target, a pairwise triple's positive item, a
     pointwise row's own item). A scalar regulariser the backbone adds to its loss (LightGCN,
     Caser, NextItNet) broadcasts onto every example in full, so the mean of the returned losses
     is the backbone's own loss."""
-    with unreduced_losses(model):
-        losses = model.calculate_loss(interaction)
-    if isinstance(losses, tuple):
-        losses = sum(losses)
-    n_examples = len(interaction[model.ITEM_ID])
-    if losses.dim() != 1 or losses.shape[0] != n_examples:
+    own_examples = getattr(model, "calculate_example_losses", None)
+    if own_examples is not None:
+        losses, items = own_examples(interaction)
+    else:
+        with unreduced_losses(model):
+            losses = model.calculate_loss(interaction)
+        if isinstance(losses, tuple):
+            losses = sum(losses)
+        items = interaction[model.ITEM_ID]
+    if losses.dim() != 1 or losses.shape != items.shape:
         raise BiFairInputError(
             f"{type(model).__name__}: its loss cannot be split per training example "
-            f"(got shape {tuple(losses.shape)} for {n_examples} examples), so BiFair cannot weight "
-            "item groups; use a backbone listed as supported in the README."
+            f"(got shape {tuple(losses.shape)} for {items.shape[0]} examples), so the group-aware "
+            "families cannot weight item groups; give the backbone a calculate_example_losses("
+            "interaction) method returning (losses, items), or use a backbone listed as supported "
+            "in the README."
         )
-    return losses
+    return losses, items
+
+
+def masked_item_losses(model, interaction):
+    """BERT4Rec's examples: one loss per masked position, about the item masked there
+    (``POS_ITEMS``); padding positions are dropped. Their mean is BERT4Rec's loss. The body
+    follows RecBole 1.2.1's ``BERT4Rec.calculate_loss`` up to its final mean, which it leaves
+    out (RecBole builds its loss module inside that method, so it cannot be unreduced from
+    outside)."""
+    masked_sequence = interaction[model.MASK_ITEM_SEQ]
+    positive_items = interaction[model.POS_ITEMS]
+    masked_index = interaction[model.MASK_INDEX]
+    position_map = model.multi_hot_embed(masked_index, masked_sequence.size(-1))
+    position_map = position_map.view(masked_index.size(0), masked_index.size(1), -1)
+    outputs = torch.bmm(position_map, model.forward(masked_sequence))  # [B, mask_len, H]
+    if model.loss_type == "BPR":
+        negative_items = interaction[model.NEG_ITEMS]
+
+        def score(items):
+            return (outputs * model.item_embedding(items)).sum(-1) + model.output_bias[items]
+
+        losses = -torch.log(1e-14 + torch.sigmoid(score(positive_items) - score(negative_items)))
+    elif model.loss_type == "CE":
+        item_table = model.item_embedding.weight[: model.n_items]
+        logits = torch.matmul(outputs, item_table.transpose(0, 1)) + model.output_bias
+        losses = nn.functional.cross_entropy(
+            logits.view(-1, item_table.size(0)), positive_items.view(-1), reduction="none"
+        ).view_as(positive_items)
+    else:
+        raise BiFairInputError(f"{type(model).__name__}: loss_type must be BPR or CE, got {model.loss_type!r}.")
+    masked = masked_index > 0
+    return losses[masked], positive_items[masked]
 
 
 def group_mean_losses(losses, groups, n_groups):
