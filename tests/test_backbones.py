@@ -161,3 +161,42 @@ def test_context_and_knowledge_models_fail_naming_the_backbones_that_can(name):
 def test_missing_item_table_names_the_backbones_that_can(tiny):
     with pytest.raises(BiFairInputError, match="no item table 'nope'.*llm_item_tables.*SASRec, GRU4Rec"):
         tiny(model="LLMBPR", llm_item_tables=["nope"], **SMALL)
+
+
+# ----- item tables found by shape --------------------------------------------------------------
+def _module_with_tables(n_items, **widths_and_rows):
+    module = torch.nn.Module()
+    module.n_items = n_items
+    for name, (rows, width) in widths_and_rows.items():
+        setattr(module, name, torch.nn.Embedding(rows, width))
+    return module
+
+
+def test_the_one_item_sized_table_is_found_and_bias_tables_are_not():
+    from recbole_bifair.model.llm_enhanced import item_tables_by_shape
+
+    module = _module_with_tables(10, item_emb=(10, 4), item_bias=(10, 1), user_emb=(7, 4))
+    assert item_tables_by_shape(module) == ["item_emb"]
+    with_mask_row = _module_with_tables(10, items=(11, 4), user_emb=(7, 4))
+    assert item_tables_by_shape(with_mask_row) == ["items"]
+
+
+def test_a_user_table_of_the_item_tables_size_is_one_clear_error():
+    from recbole_bifair.model.llm_enhanced import item_tables_by_shape
+
+    with pytest.raises(BiFairInputError, match=r"several tables.*\(item_emb, user_emb\).*llm_item_tables"):
+        item_tables_by_shape(_module_with_tables(10, item_emb=(10, 4), user_emb=(10, 4)))
+    with pytest.raises(BiFairInputError, match="no item_embedding table.*llm_item_tables"):
+        item_tables_by_shape(_module_with_tables(10, user_emb=(7, 4)))
+
+
+def test_simplex_takes_the_llm_layer_without_configuration(tiny):
+    """SimpleX names its item table ``item_emb``: found by shape. Its CCL loss averages over the
+    batch inside the model, so a group-aware family stops with one clear error."""
+    config, train_data, valid_data, _, model, trainer = tiny(model="LLMSimpleX", **SMALL)
+    assert isinstance(model.item_emb, LLMItemEmbedding) and not isinstance(model.user_emb, LLMItemEmbedding)
+    _, valid_result = trainer.fit(train_data, valid_data, saved=False)
+    assert math.isfinite(valid_result["ndcggap@10"])
+    *_, trainer = tiny(model="BiFairSimpleX", **SMALL)
+    with pytest.raises(BiFairInputError, match="SimpleX: its loss cannot be split per training example"):
+        trainer.fit(train_data, valid_data, saved=False)

@@ -63,8 +63,13 @@ def split_family_name(model_name):
 
 def item_table_names(model, config):
     """The attributes of ``model`` that hold its item table(s): ``llm_item_tables`` from
-    config, else ``item_embedding``."""
-    names = config["llm_item_tables"] or ["item_embedding"]
+    config, else ``item_embedding``, else the one item-sized table :func:`item_tables_by_shape`
+    finds (SimpleX's ``item_emb``)."""
+    names = config["llm_item_tables"]
+    if not names:
+        names = ["item_embedding"] if isinstance(getattr(model, "item_embedding", None), nn.Embedding) else None
+    if not names:
+        names = item_tables_by_shape(model)
     for name in names:
         table = getattr(model, name, None)
         if not isinstance(table, nn.Embedding):
@@ -75,6 +80,26 @@ def item_table_names(model, config):
                 f"or use one of the backbones that take it: {', '.join(TESTED_BACKBONES)}."
             )
     return names
+
+
+def item_tables_by_shape(model, extra_rows=(0, 1)):
+    """``[name]`` of the backbone's one ``nn.Embedding`` attribute with an item table's shape:
+    ``n_items`` rows plus ``extra_rows`` (BERT4Rec-style mask rows) and a width above 1 (so bias
+    tables are not taken). None found, or several (a user table of the same size), is one
+    clear error asking for ``llm_item_tables``."""
+    found = [
+        name for name, module in model.named_children()
+        if isinstance(module, nn.Embedding) and module.embedding_dim > 1
+        and module.num_embeddings - model.n_items in extra_rows
+    ]
+    if len(found) == 1:
+        return found
+    what = f"several tables of the item table's shape ({', '.join(found)})" if found else "no item_embedding table"
+    raise BiFairInputError(
+        f"{type(model).__name__}: backbone has {what}, so the LLM layer cannot tell which holds its "
+        "items; set llm_item_tables to the names of its item embedding attributes (in "
+        "properties/model/<Family><Backbone>.yaml or your config)."
+    )
 
 
 def llm_item_embedding_for(table, llm_table, config, freeze):
