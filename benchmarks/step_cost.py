@@ -21,7 +21,7 @@ from recbole.utils import init_seed
 
 from recbole_bifair.benchmark import parse_overrides
 from recbole_bifair.config import Config
-from recbole_bifair.model.llm_enhanced import supported_backbones
+from recbole_bifair.model.llm_enhanced import TESTED_BACKBONES
 from recbole_bifair.quick_start import prepare_run
 
 BIFAIR_VARIANTS = {
@@ -85,7 +85,7 @@ def main(argv):
     parser = argparse.ArgumentParser()
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--backbone", default="SASRec", choices=supported_backbones("BiFair"))
+    parser.add_argument("--backbone", default="SASRec", choices=TESTED_BACKBONES)
     parser.add_argument("--anomaly", action="store_true", help="also time each model with anomaly detection on")
     parser.add_argument("--profile", type=int, default=0, help="print the N operators with the most CPU time")
     parser.add_argument("--variants", default=None, help=f"comma-separated BiFair variants (default all: {', '.join(BIFAIR_VARIANTS)})")
