@@ -66,6 +66,7 @@ def run_record(output, run_id):
         return json.load(f)
 
 
+@pytest.mark.slow
 def test_every_run_is_recorded_and_the_failure_does_not_stop_the_others(finished):
     _, output, code, log = finished
     assert code == 1
@@ -96,6 +97,7 @@ def test_every_run_is_recorded_and_the_failure_does_not_stop_the_others(finished
     assert not os.listdir(os.path.join(output, "checkpoints"))
 
 
+@pytest.mark.slow
 def test_table_and_csv_hold_mean_and_std_over_seeds(finished):
     _, output, _, _ = finished
     table = pd.read_csv(os.path.join(output, "tiny.csv")).set_index("name")
@@ -141,6 +143,7 @@ def test_report_rebuilt_elsewhere_names_the_machine_and_commands_of_the_runs(tmp
     assert "This CPU" not in markdown and "`run 3`" not in markdown
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="matplotlib not installed")
 def test_plots_are_written(finished):
     _, output, _, _ = finished
@@ -151,6 +154,7 @@ def test_plots_are_written(finished):
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_plots_skipped_without_matplotlib(finished, tmp_path, monkeypatch, caplog):
     spec, output, _, _ = finished
     copy = str(tmp_path / "out")
@@ -164,6 +168,7 @@ def test_plots_skipped_without_matplotlib(finished, tmp_path, monkeypatch, caplo
     assert not [f for f in os.listdir(copy) if f.endswith(".png")]
 
 
+@pytest.mark.slow
 def test_resume_runs_only_the_missing_run(finished, tmp_path, monkeypatch, caplog):
     spec, output, _, _ = finished
     copy = str(tmp_path / "out")
@@ -245,6 +250,7 @@ def test_spec_base_shares_settings_of_another_spec():
         assert spec.name != main.name and [m.name for m in spec.models] != [m.name for m in main.models]
 
 
+@pytest.mark.slow
 def test_step_cost_script_measures_any_backbone(tmp_path, capsys, embedding_cache, monkeypatch):
     """benchmarks/step_cost.py with --backbone=BPR: one line per form of the backbone, the plain
     backbone as the x1.00 baseline."""
@@ -269,6 +275,7 @@ def test_step_cost_script_measures_any_backbone(tmp_path, capsys, embedding_cach
     assert out.count("Self CPU time total") == 3
 
 
+@pytest.mark.slow
 def test_parallel_gpu_script_runs_every_job_and_reports_failures(tmp_path):
     """benchmarks/ml-1m-gpu.sh on the tiny spec (no GPU: the runs time-slice the CPU): every
     (model, seed) runs, the report is written, its command is the script's, and a model the
@@ -652,6 +659,7 @@ def wait_until(condition, seconds):
     return condition()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find the run process")
 @pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL"])
 def test_a_killed_harness_stops_its_run_and_leaves_no_outcome_file(signal_name, tmp_path):

@@ -195,6 +195,7 @@ def test_baseline_keeps_its_llm_table_frozen(tiny):
     assert not model.llm_parameters()[0].requires_grad
 
 
+@pytest.mark.slow
 def test_second_order_share_from_a_saved_checkpoint_without_training(tmp_path, embedding_cache):
     from recbole_bifair.quick_start import run_recbole_bifair
     from recbole_bifair.trainer import hypergradient_diagnostic

@@ -14,6 +14,7 @@ def run_cli(args, cwd):
     )
 
 
+@pytest.mark.slow
 def test_bifair_run_prints_test_results_with_fairness_metrics(tmp_path):
     config = tiny_config(tmp_path, state="INFO")
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
@@ -24,6 +25,7 @@ def test_bifair_run_prints_test_results_with_fairness_metrics(tmp_path):
     assert "Item groups" in log and "group weights" in log
 
 
+@pytest.mark.slow
 def test_plain_recbole_model_and_overrides(tmp_path):
     config = tiny_config(tmp_path, state="INFO")
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
@@ -32,6 +34,7 @@ def test_plain_recbole_model_and_overrides(tmp_path):
     assert "ndcg@5" in out.stdout + out.stderr
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line_without_traceback(tmp_path):
     out = run_cli(["--model=SASRecc", "--dataset=ml-100k"], tmp_path)
     assert out.returncode == 2
@@ -42,6 +45,7 @@ def test_bad_input_is_one_line_without_traceback(tmp_path):
     assert "nosuch.inter" in missing.stderr
 
 
+@pytest.mark.slow
 def test_bad_multi_process_settings_are_one_line_errors(tmp_path):
     out = run_cli(["--model=SASRec", "--nproc=0"], tmp_path)
     assert out.returncode == 2 and out.stderr.strip() == "error: --nproc must be at least 1, got 0."
@@ -154,6 +158,7 @@ def valid_scores_logged(caplog):
     return {int(epoch): score for epoch, score in found}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["SASRec", "BiFairSASRec"])
 def test_resume_last_ends_as_the_uninterrupted_run(model, monkeypatch, capsys, caplog, tmp_path, embedding_cache):
     import logging

@@ -2,6 +2,7 @@
 import collections
 import os
 
+import pytest
 import torch
 from recbole.evaluator.collector import Collector, DataStruct
 
@@ -110,6 +111,7 @@ def test_ensure_dir_tolerates_a_folder_made_meanwhile(tmp_path, monkeypatch):
     assert target.is_dir()
 
 
+@pytest.mark.slow
 def test_anomaly_detection_is_off_after_recbole_models_are_imported():
     import subprocess
     import sys

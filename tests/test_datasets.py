@@ -203,6 +203,7 @@ def test_converted_text_survives_recbole_loading(grouplens_zip, data_path):
     assert dataset.field2id_token["zip_code"][int(zip_code)] == "00007"
 
 
+@pytest.mark.slow
 def test_recbole_trains_one_epoch_on_prepared_ml1m(grouplens_zip, data_path, monkeypatch, tmp_path):
     from recbole.quick_start import run_recbole
 

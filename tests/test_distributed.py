@@ -48,6 +48,7 @@ def _check_helpers(rank, port):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_reductions_gathers_and_broadcasts_across_two_ranks():
     mp.spawn(_check_helpers, args=(distributed.free_port(),), nprocs=2, join=True)
 
@@ -121,6 +122,7 @@ def two_rank_run(tmp_path_factory):
     return tmp_path, ranks
 
 
+@pytest.mark.slow
 def test_both_ranks_hold_the_same_e_projector_backbone_and_group_weights(two_rank_run):
     _, (rank0, rank1) = two_rank_run
     assert rank0["state_dict"].keys() == rank1["state_dict"].keys()
@@ -134,11 +136,13 @@ def test_both_ranks_hold_the_same_e_projector_backbone_and_group_weights(two_ran
     assert (rank0["test_padding"], rank1["test_padding"]) == (0, 1)
 
 
+@pytest.mark.slow
 def test_only_rank_0_writes_and_both_name_one_checkpoint(two_rank_run):
     tmp_path, (rank0, rank1) = two_rank_run
     assert glob.glob(str(tmp_path / "saved" / "*.pth")) == [rank0["checkpoint"]] == [rank1["checkpoint"]]
 
 
+@pytest.mark.slow
 def test_metrics_equal_a_single_process_evaluation_of_the_checkpoint(two_rank_run):
     from recbole_bifair.quick_start import load_data_and_model
     from recbole_bifair.utils import get_trainer
@@ -153,6 +157,7 @@ def test_metrics_equal_a_single_process_evaluation_of_the_checkpoint(two_rank_ru
     assert single == rank0["test_result"]
 
 
+@pytest.mark.slow
 def test_launcher_runs_a_plain_recbole_model_on_two_processes(tmp_path):
     from recbole_bifair.quick_start import run
 

@@ -74,10 +74,12 @@ def _sweep(tmp_path, tool, extra=()):
     assert "| trial |" in output.read_text()
 
 
+@pytest.mark.slow
 def test_two_trial_hyperopt_sweep_reports_accuracy_and_fairness(tmp_path):
     _sweep(tmp_path, "hyperopt", ["--algo=random"])
 
 
+@pytest.mark.slow
 def test_two_trial_ray_tune_sweep_in_local_mode(tmp_path):
     _sweep(tmp_path, "ray", ["--ray_local_mode"])
 
@@ -94,6 +96,7 @@ def test_ray_settings_are_drawn_by_the_sweeps_own_generator():
     assert all(1e-5 <= s["outer_learning_rate"] <= 1e-3 and s["outer_every"] in (1, 2, 4, 8) for s in first)
 
 
+@pytest.mark.slow
 def test_run_hyper_script_errors_in_one_line(tmp_path):
     import subprocess
     import sys
@@ -124,6 +127,7 @@ def test_exhaustive_search_needs_choices_only(tmp_path):
         hyper.hyper_main(["--model=BiFairSASRec", f"--params_file={space}", "--algo=exhaustive"])
 
 
+@pytest.mark.slow
 def test_a_failed_trial_is_reported_and_the_sweep_goes_on(tmp_path):
     config = tiny_config(tmp_path, epochs=1)
     space = tmp_path / "space.hyper"

@@ -366,6 +366,7 @@ def cache_files(folder):
     return sorted(p.name for p in Path(folder).glob("tiny.*.itememb"))
 
 
+@pytest.mark.slow
 def test_cache_is_invalidated_when_its_inputs_change(tiny, data_dir, tmp_path, encoder_loads):
     config, dataset = tiny
     settings = with_settings(config, data_path=str(data_dir))

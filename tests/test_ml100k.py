@@ -2,6 +2,8 @@
 text, a few training batches, full-ranking evaluation with the fairness metrics."""
 import itertools
 
+import pytest
+
 import torch
 from recbole.utils import init_seed
 
@@ -9,6 +11,7 @@ from recbole_bifair.config import Config
 from recbole_bifair.quick_start import prepare_run
 
 
+@pytest.mark.slow
 def test_llmsasrec_trains_and_evaluates_on_ml100k(tmp_path, embedding_cache):
     config = Config(model="LLMSASRec", dataset="ml-100k", config_dict={
         "MAX_ITEM_LIST_LENGTH": 10, "hidden_size": 16, "inner_size": 32, "n_layers": 1, "n_heads": 1,

@@ -24,12 +24,14 @@ def wheel(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_wheel_ships_the_properties(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     for yaml_file in ["overall.yaml", "model/BiFair.yaml", "dataset/ml-100k.yaml"]:
         assert f"recbole_bifair/properties/{yaml_file}" in names
 
 
+@pytest.mark.slow
 def test_installed_package_reads_its_properties(wheel, tmp_path):
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), wheel], check=True)

@@ -124,6 +124,7 @@ def test_models_without_llm_layer_are_refused(tiny):
         prior_fairness(model, trainer, test_data, train_data=train_data)
 
 
+@pytest.mark.slow
 def test_run_reports_prior_fairness(tmp_path, tiny, embedding_cache):
     from recbole_bifair.quick_start import run_recbole_bifair
 

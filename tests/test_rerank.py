@@ -182,6 +182,7 @@ def test_collector_metrics_see_the_reranked_lists(monkeypatch):
         list(np.bincount(expected_groups, minlength=3) / 4))
 
 
+@pytest.mark.slow
 def test_run_with_rerank_meets_the_exposure_target(tmp_path):
     from recbole_bifair.quick_start import run_recbole_bifair
 
