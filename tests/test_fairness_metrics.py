@@ -123,6 +123,31 @@ def test_per_group_utilities_at_3_and_1():
         assert result[key] == pytest.approx(value, abs=1e-7), key
 
 
+def test_group_utilities_are_computed_once_per_evaluation(monkeypatch):
+    """Four NDCG metrics and one Recall metric at two cut-offs: one table per (utility, k) per
+    evaluation, the same values as each metric computing its own, and a new evaluation
+    computes afresh."""
+    from recbole_bifair.evaluator import metrics as fairness_metrics
+
+    calls = []
+    original = fairness_metrics.group_utility
+
+    def counted(group_topk, group_hits, group_pos, k, utility):
+        calls.append((utility, k))
+        return original(group_topk, group_hits, group_pos, k, utility)
+
+    names = ["GroupNDCG", "NDCGGap", "NDCGWorst", "NDCGWorstQuarter", "RecallGap"]
+    separately = {}
+    for name in names:
+        separately.update(evaluate([name], ROWS)[0])
+    monkeypatch.setattr(fairness_metrics, "group_utility", counted)
+    together, _, collector = evaluate(names, ROWS)
+    assert sorted(calls) == [("ndcg", 1), ("ndcg", 3), ("recall", 1), ("recall", 3)]
+    assert together == separately
+    evaluate(names, ROWS, collector=collector)
+    assert len(calls) == 8
+
+
 def test_ndcg_disparities():
     metrics = ["NDCGGap", "NDCGWorst", "NDCGCV", "NDCGWorstQuarter"]
     result, _, _ = evaluate(metrics, ROWS)

@@ -109,9 +109,15 @@ class _GroupTopkMetric(AbstractMetric):
                 dataobject.get(GROUP_POS).numpy())
 
     def utilities_at(self, dataobject):
-        """{k: per-group utility [G]} for every k in ``topk``."""
-        group_topk, group_hits, group_pos = self.used_info(dataobject)
-        return {k: group_utility(group_topk, group_hits, group_pos, k, self.utility) for k in self.topk}
+        """{k: per-group utility [G]} for every k in ``topk``, computed once per evaluation for
+        all the metrics of one utility: kept on ``dataobject``, the ``DataStruct`` RecBole
+        copies afresh for each evaluation."""
+        computed = dataobject.__dict__.setdefault("_group_utilities", {})
+        key = (self.utility, tuple(self.topk))
+        if key not in computed:
+            group_topk, group_hits, group_pos = self.used_info(dataobject)
+            computed[key] = {k: group_utility(group_topk, group_hits, group_pos, k, self.utility) for k in self.topk}
+        return computed[key]
 
 
 class _PerGroupMetric(_GroupTopkMetric):
