@@ -1,9 +1,15 @@
-"""Fixes for RecBole 1.2.1 on the pinned stack, all in one place.
+"""Every change the plugin makes to RecBole, in one place: fixes for RecBole 1.2.1 on the
+pinned stack, and the two hooks the plugin needs (its collector in RecBole's trainers, and
+trade-off ``valid_metric`` expressions).
 
-Each fix is a small function named after what it repairs; ``apply_all`` runs them once and
-is called when ``recbole_bifair`` is imported. Every fix has its own test in
-``tests/test_compat.py``. The other known breakages (numpy 2, pandas 3, scipy >= 1.13,
-ray's setuptools) are avoided by the pins in ``setup.cfg`` rather than patched.
+Each is a small function named after what it does, with its reason and its own test in
+``tests/test_compat.py``. Nothing is changed on import: :func:`apply` applies them all, once,
+after checking that the installed RecBole is the version they were written for. The plugin's
+``Config``, trainers and ``load_data_and_model`` call it; a script that uses RecBole's own
+``Config`` or quick start with the plugin's metrics calls ``recbole_bifair.compat.apply()``
+first. (Importing ``recbole_bifair`` only adds the fairness metrics' names to RecBole's metric
+registry.) The other known breakages (numpy 2, pandas 3, scipy >= 1.13, ray's setuptools) are
+avoided by the pins in ``setup.cfg`` rather than patched.
 """
 import functools
 import os
@@ -11,6 +17,9 @@ import types
 
 import torch
 
+from recbole_bifair.errors import BiFairInputError
+
+RECBOLE_VERSION = "1.2.1"  # what every function here was written for; setup.cfg pins it
 _applied = False
 
 
@@ -18,7 +27,8 @@ def fix_collector_moves_only_tensors():
     """``Collector.get_data_struct`` calls ``.cpu()`` on every collected value, including the
     ints and Counters behind ``data.num_items`` / ``data.count_items``, so GiniIndex,
     ItemCoverage, AveragePopularity and TailPercentage crash (RecBole issues 2131, 2191).
-    Move tensors only; everything else is kept as it is."""
+    Move tensors only; everything else is kept as it is. (The body is RecBole 1.2.1's
+    ``Collector.get_data_struct`` with the ``isinstance`` test added.)"""
     import copy
 
     from recbole.evaluator.collector import Collector
@@ -104,7 +114,7 @@ def fix_ddp_on_cpu():
 
     from recbole_bifair.distributed import is_main_process
 
-    def abstract_trainer_init(self, config, model):
+    def abstract_trainer_init(self, config, model):  # RecBole 1.2.1's body, with on_gpu added
         self.config = config
         self.model = model
         if not config["single_spec"]:
@@ -211,16 +221,69 @@ def fix_anomaly_detection_left_on():
         torch.autograd.set_detect_anomaly(False)
 
 
-def apply_all():
-    """Apply every fix once (idempotent)."""
+def use_fairness_collector():
+    """RecBole's trainers build their collector through the name ``Collector`` in
+    ``recbole.trainer.trainer``; the fairness metrics need :class:`FairnessCollector` (a
+    subclass that also collects each ranked item's group), so that name points to it."""
+    import recbole.trainer.trainer as trainer_module
+
+    from recbole_bifair.evaluator.collector import FairnessCollector
+
+    trainer_module.Collector = FairnessCollector
+
+
+def allow_trade_off_valid_metric():
+    """Lets every RecBole trainer early-stop on a trade-off such as
+    ``valid_metric: "ndcg@10 - 0.5 * ndcggap@10"``: RecBole's trainer module looks
+    ``valid_metric`` up in the result dict; an expression is evaluated instead
+    (``trainer.valid_score``)."""
+    import recbole.trainer.trainer as trainer_module
+
+    from recbole_bifair.trainer.valid_score import combined_valid_score
+
+    lookup = trainer_module.calculate_valid_score
+
+    @functools.wraps(lookup)
+    def calculate_valid_score(valid_result, valid_metric=None):
+        if valid_metric is None or valid_metric in valid_result:
+            return lookup(valid_result, valid_metric)
+        return combined_valid_score(valid_result, valid_metric)
+
+    trainer_module.calculate_valid_score = calculate_valid_score
+
+
+def check_recbole_version():
+    """One clear error, before anything is changed, when the installed RecBole is not the one
+    these functions were written for (their bodies follow its code)."""
+    import recbole
+
+    if recbole.__version__ != RECBOLE_VERSION:
+        raise BiFairInputError(
+            f"recbole-bifair works with RecBole {RECBOLE_VERSION} (its fixes follow that version's "
+            f"code), but RecBole {recbole.__version__} is installed; install the pinned version: "
+            f"pip install recbole=={RECBOLE_VERSION}"
+        )
+
+
+CHANGES = (
+    fix_collector_moves_only_tensors,
+    fix_checkpoint_loading_and_saving,
+    fix_ddp_on_cpu,
+    fix_checkpoint_names,
+    fix_ensure_dir_race,
+    fix_distributed_evaluation,
+    fix_anomaly_detection_left_on,
+    use_fairness_collector,
+    allow_trade_off_valid_metric,
+)
+
+
+def apply():
+    """Apply every change in ``CHANGES`` once (idempotent), after the version check."""
     global _applied
     if _applied:
         return
-    fix_collector_moves_only_tensors()
-    fix_checkpoint_loading_and_saving()
-    fix_ddp_on_cpu()
-    fix_checkpoint_names()
-    fix_ensure_dir_race()
-    fix_distributed_evaluation()
-    fix_anomaly_detection_left_on()
+    check_recbole_version()
+    for change in CHANGES:
+        change()
     _applied = True

@@ -28,6 +28,10 @@ class Config(RecBoleConfig):
     ``config_dict`` and ``--key=value`` override all of them, as in RecBole.
     """
 
+    def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None):
+        compat.apply()  # every plugin run builds this Config first
+        super().__init__(model, dataset, config_file_list, config_dict)
+
     def _convert_config_dict(self, config_dict):
         """RecBole's conversion of string values (``"2"`` -> 2, ``"[10, 20]"`` -> a list), by a
         literal parser: RecBole ``eval``s them, so a value in a shared spec or command could run

@@ -10,6 +10,7 @@ from recbole.data import create_dataset, data_preparation
 from recbole.data.transform import construct_transform
 from recbole.utils import get_environment, get_flops, init_logger, init_seed, set_color
 
+from recbole_bifair import compat
 from recbole_bifair.config import Config
 from recbole_bifair.errors import BAD_INPUT_EXIT_CODE, BiFairInputError, exit_code_of
 from recbole_bifair.model.llm_enhanced import GROUP_FAIR_FAMILIES, split_family_name
@@ -235,6 +236,7 @@ def load_data_and_model(model_file):
     """Config, model (with the checkpoint's weights), dataset and splits from a checkpoint
     written by a plugin run (RecBole's function, resolving the plugin's models), for one
     process also when the run had several."""
+    compat.apply()  # the checkpoint's pickled Config is not built, so Config.__init__ did not apply them
     checkpoint = torch.load(model_file, map_location="cpu", weights_only=False)
     config = checkpoint["config"]
     config["single_spec"] = True  # a checkpoint of a multi-process run is loaded into one process

@@ -11,6 +11,12 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # RecBole's Config reads every --key=value of sys.argv: keep pytest's own options out of it.
 sys.argv = sys.argv[:1]
 
+# The tests use RecBole's own classes beside the plugin's runner: apply the plugin's changes to
+# RecBole once, as its Config does (test_compat checks that importing the package alone does not).
+from recbole_bifair import compat  # noqa: E402
+
+compat.apply()
+
 # The user's cache of LLM item vectors is never read or written by the tests (nor by the runs
 # they start, which inherit the environment).
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="recbole_bifair_tests_cache_")

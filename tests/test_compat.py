@@ -6,7 +6,6 @@ import pytest
 import torch
 from recbole.evaluator.collector import Collector, DataStruct
 
-import recbole_bifair  # noqa: F401  (applies the fixes)
 from recbole_bifair import compat
 
 
@@ -122,10 +121,11 @@ def test_anomaly_detection_is_off_after_recbole_models_are_imported():
                               check=True).stdout.split()[-1]
 
     models = "import recbole.model.sequential_recommender"
+    apply = "from recbole_bifair import compat; compat.apply()"
     assert anomaly_after(models) == "True"  # RecBole alone: SINE's import switches it on
-    assert anomaly_after(f"import recbole_bifair; {models}") == "False"
-    assert anomaly_after(f"{models}; import recbole_bifair") == "False"
-    users_own = "import torch; torch.autograd.set_detect_anomaly(True); import recbole_bifair"
+    assert anomaly_after(f"{apply}; {models}") == "False"
+    assert anomaly_after(f"{models}; {apply}") == "False"
+    users_own = f"import torch; torch.autograd.set_detect_anomaly(True); {apply}"
     assert anomaly_after(users_own) == "True"  # switched on by the user, not by SINE: kept
 
 
@@ -162,3 +162,42 @@ def test_runs_started_in_the_same_second_get_different_checkpoints(tiny, monkeyp
     assert all(os.path.basename(name).startswith("SASRec-Nov-30-2026_06-00-00-") for name in names)
     assert torch.equal(torch.get_rng_state(), rng_before[0]) and random.getstate() == rng_before[1]
 
+
+
+@pytest.mark.slow
+def test_importing_the_plugin_changes_nothing_in_recbole_until_apply():
+    """Importing ``recbole_bifair`` (and its model, trainer and evaluator modules) only adds the
+    metrics' names; ``compat.apply()`` makes every change, and the plugin's Config calls it."""
+    import subprocess
+    import sys
+
+    watched = ("[t.Collector, t.calculate_valid_score, t.Trainer.__init__, t.Trainer.evaluate, "
+               "t.Trainer._map_reduce, t.Trainer._save_checkpoint, t.AbstractTrainer.__init__, t.torch, "
+               "t.ensure_dir, c.Collector.get_data_struct]")
+    code = (
+        "import recbole.trainer.trainer as t, recbole.evaluator.collector as c; "
+        f"before = {watched}; "
+        "import recbole_bifair, recbole_bifair.trainer, recbole_bifair.model, recbole_bifair.evaluator; "
+        "import recbole.evaluator.register as r; "
+        f"print('ndcggap' in r.metrics_dict, all(a is b for a, b in zip(before, {watched}))); "
+        "from recbole_bifair.config import Config; "
+        "Config(model='SASRec', dataset='ml-100k', config_dict={'state': 'ERROR'}); "
+        f"print([a is b for a, b in zip(before, {watched})].count(True))"
+    )
+    lines = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert lines[0] == "True True"  # names registered; nothing replaced
+    assert lines[1] == "0"  # the Config applied every change
+
+
+def test_another_recbole_version_is_one_clear_error_before_any_change(monkeypatch):
+    import recbole
+
+    from recbole_bifair.errors import BiFairInputError
+
+    monkeypatch.setattr(recbole, "__version__", "1.2.2")
+    monkeypatch.setattr(compat, "_applied", False)
+    changed = []
+    monkeypatch.setattr(compat, "CHANGES", (lambda: changed.append(True),))
+    with pytest.raises(BiFairInputError, match=r"RecBole 1\.2\.1.*RecBole 1\.2\.2 is installed.*pip install recbole==1\.2\.1"):
+        compat.apply()
+    assert not changed

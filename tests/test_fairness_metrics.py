@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-import recbole_bifair  # noqa: F401  (applies the RecBole fixes)
 from recbole_bifair.evaluator import FAIRNESS_METRICS, FairnessCollector, register_fairness_metrics
 
 register_fairness_metrics()

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-import recbole_bifair  # noqa: F401  (applies the RecBole fixes)
 from recbole_bifair.errors import BiFairInputError
 from recbole_bifair.evaluator import build_item_groups, item_group_config
 from recbole_bifair.evaluator.groups import (

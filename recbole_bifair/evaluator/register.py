@@ -4,20 +4,17 @@ RecBole keeps its metric registry in module-level objects of ``recbole.evaluator
 (``metrics_dict``, ``metric_information``, ``metric_types``, ``smaller_metrics``), read by
 ``Register`` and ``Evaluator`` and imported by name into ``recbole.evaluator`` and
 ``recbole.config.configurator`` (metric validation, ``valid_metric_bigger``). All of these names
-point at the same dict / list objects, so the metrics are inserted in place. Trainers build their
-collector through the name ``Collector`` in ``recbole.trainer.trainer``, which is replaced by
-:class:`FairnessCollector`.
+point at the same dict / list objects, so the metrics are inserted in place. This only adds
+names; the collector that computes what they need is installed by ``compat.apply``.
 """
 import recbole.evaluator.register as recbole_register
-import recbole.trainer.trainer as recbole_trainer
 
-from recbole_bifair.evaluator.collector import FairnessCollector
 from recbole_bifair.evaluator.metrics import FAIRNESS_METRICS
 
 
 def register_fairness_metrics():
-    """Make the fairness metrics known to RecBole and its trainers use FairnessCollector
-    (idempotent; call before any ``Config`` is built)."""
+    """Make the fairness metrics' names known to RecBole (idempotent; importing
+    ``recbole_bifair`` calls it)."""
     for metric_cls in FAIRNESS_METRICS:
         name = metric_cls.__name__.lower()
         recbole_register.metrics_dict[name] = metric_cls
@@ -25,4 +22,3 @@ def register_fairness_metrics():
         recbole_register.metric_types[name] = metric_cls.metric_type
         if metric_cls.smaller and name not in recbole_register.smaller_metrics:
             recbole_register.smaller_metrics.append(name)
-    recbole_trainer.Collector = FairnessCollector

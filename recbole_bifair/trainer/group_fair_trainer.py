@@ -20,7 +20,7 @@ from recbole.utils import get_gpu_usage, set_color
 from torch.nn.utils import clip_grad_norm_
 from tqdm import tqdm
 
-from recbole_bifair import distributed
+from recbole_bifair import compat, distributed
 from recbole_bifair.config_values import choice, number
 from recbole_bifair.errors import BiFairInputError
 from recbole_bifair.evaluator.groups import training_item_counts
@@ -47,6 +47,7 @@ class GroupFairTrainer(Trainer):
             raise BiFairInputError(
                 f"{type(self).__name__} trains the plugin's LLM-enhanced models; got {type(model).__name__}."
             )
+        compat.apply()  # the fairness collector and checkpoint fixes, before RecBole's __init__
         super().__init__(config, model)
         self.inner_weighting = choice(config, "inner_weighting", INNER_WEIGHTINGS)
         self.loss_spread_weight = number(config, "loss_spread_weight", minimum=0.0, default=0.0)
@@ -190,6 +191,8 @@ class GroupFairTrainer(Trainer):
 
     # ----- checkpoints ------------------------------------------------------------------------
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        """RecBole 1.2.1's ``Trainer._save_checkpoint`` (copied: it has no hook for more state)
+        with the group-aware state added and an atomic write."""
         if not distributed.is_main_process():
             return
         saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
@@ -214,20 +217,14 @@ class GroupFairTrainer(Trainer):
                 **random_states(getattr(self, "_train_data", None))}
 
     def resume_checkpoint(self, resume_file):
-        """RecBole's resume (model, optimiser, epoch, early-stopping state); balancer, random
-        and data-order states are restored when ``fit`` starts."""
+        """RecBole's resume (model, optimiser, epoch, early-stopping state), then what it does
+        not restore: the best validation result, and the balancer, random and data-order states
+        (restored when ``fit`` starts)."""
+        super().resume_checkpoint(resume_file)
         checkpoint = torch.load(str(resume_file), map_location="cpu", weights_only=False)
-        self.saved_model_file = str(resume_file)
-        self.start_epoch = checkpoint["epoch"] + 1
-        self.cur_step = checkpoint["cur_step"]
-        self.best_valid_score = checkpoint["best_valid_score"]
         self.best_valid_result = checkpoint.get("best_valid_result")
-        self.model.load_state_dict(checkpoint["state_dict"])
-        self.model.load_other_parameter(checkpoint.get("other_parameter"))
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
         self._resumed_state = checkpoint.get("group_fair")
         self._load_extra_state(self._resumed_state or {})
-        self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
 
     def _load_extra_state(self, state):
         """Hook for subclasses' own checkpoint state (BiFair's outer optimiser)."""

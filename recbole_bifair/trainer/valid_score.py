@@ -1,5 +1,6 @@
 """``valid_metric`` as a named trade-off of metrics, e.g. ``ndcg@10 - 0.5 * ndcg_gap@10``:
-a sum of terms ``[coefficient *] metric``, chosen on the validation split."""
+a sum of terms ``[coefficient *] metric``, chosen on the validation split (RecBole's trainers
+use it once ``compat.allow_trade_off_valid_metric`` is applied)."""
 from recbole_bifair.errors import BiFairInputError
 
 
@@ -36,21 +37,3 @@ def combined_valid_score(valid_result, expression):
             f"report; add it to `metrics`/`topk`. Reported: {', '.join(valid_result)}."
         )
     return sum(weight * valid_result[name] for weight, name in terms)
-
-
-def install_valid_score():
-    """Lets every RecBole trainer early-stop on a trade-off: RecBole's trainer module looks
-    ``valid_metric`` up in the result dict; an expression is evaluated instead."""
-    import recbole.trainer.trainer as trainer_module
-
-    lookup = trainer_module.calculate_valid_score
-    if getattr(lookup, "accepts_trade_offs", False):
-        return
-
-    def calculate_valid_score(valid_result, valid_metric=None):
-        if valid_metric is None or valid_metric in valid_result:
-            return lookup(valid_result, valid_metric)
-        return combined_valid_score(valid_result, valid_metric)
-
-    calculate_valid_score.accepts_trade_offs = True
-    trainer_module.calculate_valid_score = calculate_valid_score
