@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from recbole_bifair.trainer.balancer import UniformBalancer
-from recbole_bifair.trainer.bilevel import HypergradientSettings, LookAheadObjective, outer_hypergradient
+from recbole_bifair.trainer.bilevel import HypergradientSettings, LookAheadObjective, OuterProblem, outer_hypergradient
 
 NO_DROPOUT = dict(hidden_dropout_prob=0.0, attn_dropout_prob=0.0, projector_dropout=0.0)
 XI, BETA = 0.5, 0.01
@@ -28,10 +28,9 @@ def setting(tiny):
 
 def hypergradient(setting, mode):
     objective, theta, llm, llm_init, train_batch, meta_batch, n_groups = setting
-    result = outer_hypergradient(
-        objective, theta, llm, llm_init, train_batch, meta_batch, UniformBalancer(n_groups),
-        HypergradientSettings(mode=mode, xi=XI, beta=BETA),
-    )
+    problem = OuterProblem(objective, theta, llm, llm_init, UniformBalancer(n_groups),
+                           HypergradientSettings(mode=mode, xi=XI, beta=BETA))
+    result = outer_hypergradient(problem, lookahead_batch=train_batch, meta_batch=meta_batch)
     return result.grads[0], result.value
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from recbole_bifair.trainer.balancer import UniformBalancer
-from recbole_bifair.trainer.bilevel import AdamUpdate, HypergradientSettings, outer_hypergradient
+from recbole_bifair.trainer.bilevel import AdamUpdate, HypergradientSettings, OuterProblem, outer_hypergradient
 
 N_THETA, N_LLM, RIDGE = 6, 4, 0.5
 
@@ -60,8 +60,9 @@ def numerical_gradient(function, e, h=1e-6):
 
 
 def hypergradient(objective, theta, e, settings, optimizer=None):
-    return outer_hypergradient(objective, [theta], [e], [torch.zeros_like(e)], None, None, UniformBalancer(2),
-                               settings, optimizer=optimizer)
+    problem = OuterProblem(objective, [theta], [e], [torch.zeros_like(e)], UniformBalancer(2), settings,
+                           optimizer=optimizer)
+    return outer_hypergradient(problem, lookahead_batch=None, meta_batch=None)
 
 
 def adam_with_history(theta, steps=3, lr=0.05):

@@ -158,7 +158,7 @@ def min_norm_weights(gram, entropy_weight=0.0, iterations=500, step_size=1.0):
 class MGDABalancer(Balancer):
     """Min-norm weights of the present groups' gradients (see ``min_norm_weights``); absent
     groups keep their last weight. The trainer chooses the parameters the gradients are taken
-    over (``BiFairTrainer._mgda_shared_parameters``)."""
+    over (``GroupFairTrainer._mgda_shared_parameters``)."""
 
     needs_gradients = True
 

@@ -23,7 +23,7 @@ from recbole_bifair.config_values import choice, flag, non_negative_int, number,
 from recbole_bifair.errors import BiFairInputError
 from recbole_bifair.trainer.bilevel import (
     HYPERGRADIENT_MODES, IMPLICIT_SOLVERS, LOOKAHEAD_UPDATES, HypergradientSettings, LookAheadObjective,
-    capture_random_state, outer_hypergradient, restore_random_state,
+    OuterProblem, capture_random_state, outer_hypergradient, restore_random_state,
 )
 from recbole_bifair.trainer.group_fair_trainer import GroupFairTrainer
 
@@ -102,32 +102,33 @@ class BiFairTrainer(GroupFairTrainer):
         if self.outer_enabled and self.llm_update == "outer" and previous is not None and step % self.outer_every == 0:
             self._outer_step(previous, interaction, epoch_idx, step)
 
-    def _outer_step(self, train_batch, meta_batch, epoch_idx, step):
-        """One update of E on the fairness-aware objective (``bilevel``)."""
+    def _outer_step(self, lookahead_batch, meta_batch, epoch_idx, step):
+        """One update of E: its hypergradient (``bilevel.outer_hypergradient``: look-ahead, group
+        losses on the meta batch, outer balancer, ``F`` and its hypergradient), the diagnostic,
+        then the outer optimiser's step."""
         due = (self.hypergradient.mode == "first_order" and self.diagnostic_every
                and self._outer_steps % self.diagnostic_every == 0)
         balancer_before = copy.deepcopy(self.outer_balancer) if due else None  # as this step sees it
-        result = self._hypergradient(train_batch, meta_batch, self.hypergradient, self.outer_balancer)
+        result = self._hypergradient(lookahead_batch, meta_batch, self.hypergradient, self.outer_balancer)
         self._check_finite(result.value, "outer", epoch_idx, step)
-        self._record_diagnostic(result, train_batch, meta_batch, balancer_before)
+        self._record_diagnostic(result, lookahead_batch, meta_batch, balancer_before)
         self._outer_steps += 1
         self._apply_to_llm_tables(result.grads)
 
-    def _hypergradient(self, train_batch, meta_batch, settings, outer_balancer):
-        return outer_hypergradient(
-            self.objective,
-            [p for _, p in self._inner_named],
-            [p for _, p in self._llm_named],
-            [layer.llm_weight_init for layer in self.model.llm_item_embeddings()],
-            train_batch,
-            meta_batch,
-            outer_balancer,
-            settings,
+    def _hypergradient(self, lookahead_batch, meta_batch, settings, outer_balancer):
+        problem = OuterProblem(
+            objective=self.objective,
+            theta=[p for _, p in self._inner_named],
+            llm=[p for _, p in self._llm_named],
+            llm_init=[layer.llm_weight_init for layer in self.model.llm_item_embeddings()],
+            balancer=outer_balancer,
+            settings=settings,
             optimizer=self.optimizer,
-            shared=self._shared_index,
+            shared=tuple(self._shared_index),
         )
+        return outer_hypergradient(problem, lookahead_batch=lookahead_batch, meta_batch=meta_batch)
 
-    def _record_diagnostic(self, result, train_batch, meta_batch, balancer_before=None):
+    def _record_diagnostic(self, result, lookahead_batch, meta_batch, balancer_before=None):
         """The second-order share of this step's hypergradient; a ``first_order`` run computes
         the ``exact`` one's split every ``hypergradient_diagnostic_every`` outer steps, on
         ``balancer_before``, a copy of the outer balancer taken before this step updated it
@@ -137,7 +138,7 @@ class BiFairTrainer(GroupFairTrainer):
                 return
             settings = replace(self.hypergradient, mode="exact")
             training_random_state = capture_random_state()  # the diagnostic must not change training
-            result = self._hypergradient(train_batch, meta_batch, settings, balancer_before)
+            result = self._hypergradient(lookahead_batch, meta_batch, settings, balancer_before)
             restore_random_state(training_random_state)
         self._epoch_diagnostics.append((result.second_order_share(), result.cosine_to_direct()))
 

@@ -34,7 +34,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from recbole_bifair.trainer.losses import example_losses, group_mean_losses, weighted_group_loss
+from recbole_bifair.trainer.losses import (
+    example_losses, gradients, group_gradients_over, group_mean_losses, weighted_group_loss,
+)
 
 HYPERGRADIENT_MODES = ("first_order", "finite_difference", "exact", "implicit")
 LOOKAHEAD_UPDATES = ("sgd", "optimizer")
@@ -213,7 +215,7 @@ def unrolled_lookahead(objective, theta, llm, batch, settings, update):
         in_graph = differentiable and step >= settings.steps - kept
         if not in_graph:
             current = [t.detach().requires_grad_() for t in current]
-        grads = _grad(objective.inner_loss(current, llm, batch), current, create_graph=in_graph)
+        grads = gradients(objective.inner_loss(current, llm, batch), current, create_graph=in_graph)
         if not in_graph:
             grads = [g.detach() for g in grads]
         current = update(current, grads)
@@ -222,65 +224,83 @@ def unrolled_lookahead(objective, theta, llm, batch, settings, update):
     return current
 
 
-def outer_objective(objective, theta, llm, llm_init, meta_batch, outer_balancer, beta, shared=()):
-    """``F`` at ``(E, theta)`` on ``meta_batch``; ``outer_balancer`` is updated with the batch's
-    group losses before its weights ``lambda`` are read (an MGDA balancer gets their gradients
-    over the entries ``shared`` of ``theta``)."""
-    meta_losses, meta_counts = objective.group_losses(theta, llm, meta_batch)
-    group_gradients = (
-        group_gradients_over(meta_losses, meta_counts, [theta[i] for i in shared])
-        if outer_balancer.needs_gradients
-        else None
-    )
-    outer_balancer.update(meta_losses.detach(), meta_counts, group_gradients)
-    lambdas = outer_balancer.weights().to(meta_losses.device)
-    return weighted_group_loss(meta_losses, meta_counts, lambdas) + proximity(llm, llm_init, beta)
+@dataclass
+class OuterProblem:
+    """What an outer step works on: the ``objective``; ``theta`` (projector and backbone) and
+    ``llm`` (``E``), the current parameter tensors, which it does not modify; ``llm_init``
+    (``E0``); the outer ``balancer``; the hypergradient ``settings``; the inner ``optimizer``,
+    whose live state ``lookahead_update: optimizer`` follows; and ``shared``, the entries of
+    ``theta`` an MGDA balancer compares the group gradients over."""
+
+    objective: LookAheadObjective
+    theta: List[torch.Tensor]
+    llm: List[torch.Tensor]
+    llm_init: List[torch.Tensor]
+    balancer: object
+    settings: HypergradientSettings
+    optimizer: Optional[torch.optim.Optimizer] = None
+    shared: tuple = ()
 
 
-def outer_hypergradient(objective, theta, llm, llm_init, train_batch, meta_batch, outer_balancer,
-                        settings, optimizer=None, shared=()):
-    """:class:`Hypergradient` of ``F`` with respect to the LLM tables ``llm``.
-
-    ``theta`` and ``llm`` are the current parameter tensors (not modified); ``train_batch``
-    is the look-ahead's (and the implicit Hessian's) batch; ``optimizer`` is the inner
-    optimiser, whose live state ``lookahead_update: optimizer`` follows."""
-    update = lookahead_update(settings, optimizer, theta)  # the optimiser's state is keyed by theta
-    theta = [t.detach().requires_grad_() for t in theta]
-    llm = [e.detach().requires_grad_() for e in llm]
+def outer_hypergradient(problem, *, lookahead_batch, meta_batch):
+    """:class:`Hypergradient` of ``F`` with respect to ``E``, in the method's order: the
+    look-ahead ``theta_k`` on ``lookahead_batch``; the group losses on ``meta_batch`` at
+    ``theta_k``; the outer balancer's update and weights; ``F``; its hypergradient (direct part
+    plus the second-order part through ``theta_k``). ``implicit`` replaces the look-ahead by the
+    current ``theta`` and the second-order part by the implicit-function-theorem term, with its
+    Hessian on ``lookahead_batch``."""
+    settings = problem.settings
+    update = lookahead_update(settings, problem.optimizer, problem.theta)  # its state is keyed by theta
+    theta = [t.detach().requires_grad_() for t in problem.theta]
+    llm = [e.detach().requires_grad_() for e in problem.llm]
     if settings.mode == "implicit":
-        return _implicit_hypergradient(objective, theta, llm, llm_init, train_batch, meta_batch,
-                                       outer_balancer, settings, shared)
+        return _implicit_hypergradient(problem, theta, llm, lookahead_batch, meta_batch)
     lookahead_random_state = capture_random_state()
-    theta_k = unrolled_lookahead(objective, theta, llm, train_batch, settings, update)
+    theta_k = unrolled_lookahead(problem.objective, theta, llm, lookahead_batch, settings, update)
     theta_at = [t.detach().requires_grad_() for t in theta_k]  # F's own partials, at theta_k
-    value = outer_objective(objective, theta_at, llm, llm_init, meta_batch, outer_balancer, settings.beta, shared)
+    value = outer_objective(problem, theta_at, llm, meta_batch)
     if settings.mode == "first_order":
-        direct = _grad(value, llm)
+        direct = gradients(value, llm)
         return Hypergradient(_detached(direct), value.detach(), _detached(direct))
-    grads_at = _grad(value, llm + theta_at)
+    grads_at = gradients(value, llm + theta_at)
     direct, v = grads_at[: len(llm)], grads_at[len(llm):]
     if settings.mode == "exact":
-        second = _grad(theta_k, llm, grad_outputs=v)
+        second = gradients(theta_k, llm, grad_outputs=v)
     else:
-        hvp = finite_difference_mixed_hvp(objective, theta, llm, train_batch, v, lookahead_random_state)
+        hvp = finite_difference_mixed_hvp(problem.objective, theta, llm, lookahead_batch, v, lookahead_random_state)
         second = [-settings.xi * h for h in hvp]
     return _split(direct, second, value)
 
 
-def _implicit_hypergradient(objective, theta, llm, llm_init, train_batch, meta_batch, outer_balancer,
-                            settings, shared):
+def outer_objective(problem, theta, llm, meta_batch):
+    """``F`` at ``(E, theta)`` on ``meta_batch``: the group losses there update the outer
+    balancer (an MGDA balancer also gets their gradients over ``problem.shared``), whose
+    weights ``lambda`` then weight them, plus the proximity term."""
+    meta_losses, meta_counts = problem.objective.group_losses(theta, llm, meta_batch)
+    group_gradients = (
+        group_gradients_over(meta_losses, meta_counts, [theta[i] for i in problem.shared])
+        if problem.balancer.needs_gradients
+        else None
+    )
+    problem.balancer.update(meta_losses.detach(), meta_counts, group_gradients)
+    lambdas = problem.balancer.weights().to(meta_losses.device)
+    return weighted_group_loss(meta_losses, meta_counts, lambdas) + proximity(llm, problem.llm_init, problem.settings.beta)
+
+
+def _implicit_hypergradient(problem, theta, llm, hessian_batch, meta_batch):
     """The implicit-function-theorem hypergradient at the current ``theta``."""
-    value = outer_objective(objective, theta, llm, llm_init, meta_batch, outer_balancer, settings.beta, shared)
-    grads_at = _grad(value, llm + theta)
+    objective = problem.objective
+    value = outer_objective(problem, theta, llm, meta_batch)
+    grads_at = gradients(value, llm + theta)
     direct, v = grads_at[: len(llm)], grads_at[len(llm):]
-    inner_grads = _grad(objective.inner_loss(theta, llm, train_batch), theta, create_graph=True)
+    inner_grads = gradients(objective.inner_loss(theta, llm, hessian_batch), theta, create_graph=True)
 
     def hessian_vector_product(vector):
-        return _grad(inner_grads, theta, grad_outputs=vector, retain_graph=True)
+        return gradients(inner_grads, theta, grad_outputs=vector, retain_graph=True)
 
-    solve = neumann_inverse_hvp if settings.implicit_solver == "neumann" else conjugate_gradient_inverse_hvp
-    x = solve(hessian_vector_product, v, settings)
-    mixed = _grad(inner_grads, llm, grad_outputs=[xi.detach() for xi in x])
+    solve = neumann_inverse_hvp if problem.settings.implicit_solver == "neumann" else conjugate_gradient_inverse_hvp
+    x = solve(hessian_vector_product, v, problem.settings)
+    mixed = gradients(inner_grads, llm, grad_outputs=[xi.detach() for xi in x])
     return _split(direct, [-m for m in mixed], value)
 
 
@@ -347,20 +367,6 @@ def _norm(tensors):
     return torch.sqrt(sum((t.double() ** 2).sum() for t in tensors))
 
 
-def group_gradients_over(group_losses, counts, params):
-    """``[K, P]``: each present group's loss gradient over ``params``, flattened; zeros for
-    groups without examples. (What the ``mgda`` balancer compares.)"""
-    size = sum(p.numel() for p in params)
-    rows = []
-    for g in range(len(group_losses)):
-        if counts[g] > 0:
-            grads = _grad(group_losses[g], params, retain_graph=True)
-            rows.append(torch.cat([x.flatten() for x in grads]))
-        else:
-            rows.append(group_losses.new_zeros(size))
-    return torch.stack(rows).detach()
-
-
 def finite_difference_mixed_hvp(objective, theta, llm, batch, v, random_state):
     """``(d^2 L_in / dE dtheta) . v`` by central differences along ``v`` (``eps = 0.01/||v||``).
     Both evaluations replay ``random_state``, the one the look-ahead's inner loss was computed
@@ -373,26 +379,11 @@ def finite_difference_mixed_hvp(objective, theta, llm, batch, v, random_state):
         restore_random_state(random_state)
         shifted = [(t + sign * eps * d).detach() for t, d in zip(theta, v)]
         loss = objective.inner_loss(shifted, llm, batch)
-        return _grad(loss, llm)
+        return gradients(loss, llm)
 
     plus, minus = grad_llm_at(1.0), grad_llm_at(-1.0)
     restore_random_state(after)
     return [(p - m) / (2 * eps) for p, m in zip(plus, minus)]
-
-
-def _grad(output, inputs, **kwargs):
-    """``torch.autograd.grad`` with zeros for inputs the output does not depend on: a backbone
-    need not use every parameter in its loss (BPR scores items through ``item_embedding(ids)``
-    only, so the layer's empty extra rows never enter the graph). ``output`` may be a list
-    (then ``grad_outputs`` weights it)."""
-    outputs = output if isinstance(output, (list, tuple)) else [output]
-    kept = [i for i, o in enumerate(outputs) if o.requires_grad]
-    if "grad_outputs" in kwargs:
-        kwargs["grad_outputs"] = [kwargs["grad_outputs"][i] for i in kept]
-    if not kept:
-        return [torch.zeros_like(x) for x in inputs]
-    grads = torch.autograd.grad([outputs[i] for i in kept], inputs, allow_unused=True, **kwargs)
-    return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)]
 
 
 def capture_random_state():

@@ -27,8 +27,7 @@ from recbole_bifair.evaluator.groups import training_item_counts
 from recbole_bifair.llm.atomic_file import save_atomically
 from recbole_bifair.llm.layer import projector_output_parameters
 from recbole_bifair.trainer.balancer import build_balancer
-from recbole_bifair.trainer.bilevel import group_gradients_over
-from recbole_bifair.trainer.losses import example_losses, group_mean_losses, weighted_group_loss
+from recbole_bifair.trainer.losses import example_losses, group_gradients_over, group_mean_losses, weighted_group_loss
 from recbole_bifair.trainer.resume import random_states, restore_random_states
 
 INNER_WEIGHTINGS = ("group", "item_ips", "none")

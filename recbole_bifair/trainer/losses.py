@@ -1,4 +1,5 @@
-"""Per-example losses and per-group means, the quantities both BiFair levels weight.
+"""Per-example losses, per-group means and per-group gradients: the quantities both BiFair
+levels (and the fairness baselines' inner level) weight.
 
 RecBole's models return the batch-mean loss. ``unreduced_losses`` makes their loss modules
 return one value per example for the duration of a call, without touching the models' code.
@@ -123,3 +124,32 @@ def weighted_group_loss(group_losses, counts, weights):
     weights = weights.to(group_losses.dtype)
     effective = weights * (counts > 0).to(weights.dtype)
     return (effective * group_losses).sum() / effective.sum().clamp(min=1e-12)
+
+
+def group_gradients_over(group_losses, counts, params):
+    """``[K, P]``: each present group's loss gradient over ``params``, flattened; zeros for
+    groups without examples. (What the ``mgda`` balancer compares.)"""
+    size = sum(p.numel() for p in params)
+    rows = []
+    for g in range(len(group_losses)):
+        if counts[g] > 0:
+            grads = gradients(group_losses[g], params, retain_graph=True)
+            rows.append(torch.cat([x.flatten() for x in grads]))
+        else:
+            rows.append(group_losses.new_zeros(size))
+    return torch.stack(rows).detach()
+
+
+def gradients(output, inputs, **kwargs):
+    """``torch.autograd.grad`` with zeros for inputs the output does not depend on: a backbone
+    need not use every parameter in its loss (BPR scores items through ``item_embedding(ids)``
+    only, so the layer's empty extra rows never enter the graph). ``output`` may be a list
+    (then ``grad_outputs`` weights it)."""
+    outputs = output if isinstance(output, (list, tuple)) else [output]
+    kept = [i for i, o in enumerate(outputs) if o.requires_grad]
+    if "grad_outputs" in kwargs:
+        kwargs["grad_outputs"] = [kwargs["grad_outputs"][i] for i in kept]
+    if not kept:
+        return [torch.zeros_like(x) for x in inputs]
+    grads = torch.autograd.grad([outputs[i] for i in kept], inputs, allow_unused=True, **kwargs)
+    return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)]
