@@ -1,5 +1,6 @@
 """Name resolution for the plugin's models and trainers, plugin first, then RecBole
 (the shape of RecBole-GNN's ``recbole_gnn.utils``)."""
+import functools
 import os
 
 from recbole.utils import ModelType
@@ -37,9 +38,10 @@ def properties_dir():
     )
 
 
+@functools.lru_cache(maxsize=1)
 def recbole_model_names():
-    """Names of the models RecBole ships: each has a YAML in ``recbole/properties/model`` and a
-    module in one of ``recbole.model``'s families."""
+    """Names of the models RecBole ships (read once): each has a YAML in
+    ``recbole/properties/model`` and a module in one of ``recbole.model``'s families."""
     import recbole
 
     root = os.path.dirname(recbole.__file__)
@@ -51,7 +53,7 @@ def recbole_model_names():
             for family in _RECBOLE_MODEL_FAMILIES
         ):
             names.append(name)
-    return sorted(names)
+    return tuple(sorted(names))
 
 
 def _recbole_model_or_none(model_name):

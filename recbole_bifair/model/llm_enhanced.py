@@ -199,9 +199,9 @@ def build_llm_model(family, backbone):
 def __getattr__(name):
     """Lets pickle find built classes by name (RecBole's checkpoints pickle the Config,
     which holds the model class)."""
-    family, _ = split_family_name(name)
+    family, backbone_name = split_family_name(name)
     if family is None:
         raise AttributeError(name)
-    from recbole_bifair.utils import get_model
+    from recbole.utils import get_model as recbole_get_model
 
-    return get_model(name)
+    return build_llm_model(family, recbole_get_model(backbone_name))
