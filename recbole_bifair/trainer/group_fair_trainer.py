@@ -50,7 +50,7 @@ class GroupFairTrainer(Trainer):
         super().__init__(config, model)
         self.inner_weighting = choice(config, "inner_weighting", INNER_WEIGHTINGS)
         self.loss_spread_weight = number(config, "loss_spread_weight", minimum=0.0, default=0.0)
-        self.ips_power = number(config, "ips_power", minimum=0.0, default=1.0)
+        self.ips_power = number(config, "ips_power", minimum=0.0)
         self.item_groups = None
         self.inner_balancer = None
         self._resumed_state = None
