@@ -42,7 +42,7 @@ def run_command(argv):
     """Run what ``argv`` asks for; returns the exit code."""
     args = parse_args(argv)
     if args.benchmark:
-        from recbole_bifair.benchmark import benchmark_main
+        from recbole_bifair.benchmark.cli import benchmark_main
 
         return benchmark_main(argv, prog="python run_recbole_bifair.py")
     if args.prepare:

@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from recbole_bifair.benchmark import parse_overrides
+from recbole_bifair.benchmark.spec import parse_overrides
 from recbole_bifair.quick_start import run_recbole_bifair
 
 RUNS = [

@@ -33,7 +33,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from the command line
 
-    from recbole_bifair.benchmark import cpu_description, versions_text
+    from recbole_bifair.benchmark.report import cpu_description, versions_text
     from recbole_bifair.trainer import hypergradient_diagnostic
 
     results = [(label, hypergradient_diagnostic(args.model_file, n_batches=args.batches, **settings))

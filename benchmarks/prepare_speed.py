@@ -30,7 +30,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHILD = """
 import json, sys, time
 sys.path.insert(0, {root!r})
-from recbole_bifair.benchmark import peak_rss_mb
+from recbole_bifair.benchmark.child import peak_rss_mb
 from recbole_bifair.data import prepare_dataset
 imported_mb = peak_rss_mb()
 start = time.perf_counter()

@@ -19,7 +19,7 @@ import time
 import torch
 from recbole.utils import init_seed
 
-from recbole_bifair.benchmark import parse_overrides
+from recbole_bifair.benchmark.spec import parse_overrides
 from recbole_bifair.config import Config
 from recbole_bifair.model.llm_enhanced import TESTED_BACKBONES
 from recbole_bifair.quick_start import prepare_run

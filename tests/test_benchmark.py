@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from recbole_bifair import benchmark
+from recbole_bifair.benchmark import report as report_module, runner as runner_module
 from recbole_bifair.errors import BiFairInputError
 
 from conftest import REPO_ROOT, TEST_DATA
@@ -132,7 +133,7 @@ def test_report_rebuilt_elsewhere_names_the_machine_and_commands_of_the_runs(tmp
         record = {**fake_record(plan), "finished_at": f"2026-01-0{index + 1}T10:00:00", "gpu": "Some GPU",
                   "cpu": "Some CPU, 16 logical cores", "versions": "torch 9.9", "command": f"run {index}"}
         benchmark.write_json_atomic(benchmark.record_path(spec, plan), record)
-    monkeypatch.setattr(benchmark, "cpu_description", lambda: "This CPU, 2 logical cores")
+    monkeypatch.setattr(report_module, "cpu_description", lambda: "This CPU, 2 logical cores")
     benchmark.write_reports(spec, command="rebuild")
     markdown = open(os.path.join(spec.output_dir, "tiny.md"), encoding="utf-8").read()
     for line in ("- runs made by: `run 0`", "- runs made by: `run 2`", "- runs made by 1 more commands",
@@ -201,11 +202,11 @@ def test_interrupted_benchmark_resumes_where_it_stopped(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return fake_record(plan)
 
-    monkeypatch.setattr(benchmark, "execute_run", stop_at_second_run)
+    monkeypatch.setattr(runner_module, "execute_run", stop_at_second_run)
     summary = benchmark.run_benchmark(spec)
     assert summary.interrupted and summary.executed == RUN_IDS[:1]
     calls.clear()
-    monkeypatch.setattr(benchmark, "execute_run", lambda spec, plan, label="", verbose=False:
+    monkeypatch.setattr(runner_module, "execute_run", lambda spec, plan, label="", verbose=False:
                         calls.append(plan.run_id) or fake_record(plan))
     summary = benchmark.run_benchmark(spec)
     assert calls == RUN_IDS[1:] and summary.skipped == RUN_IDS[:1]
@@ -690,3 +691,18 @@ def test_run_control_defaults_do_not_make_finished_runs_stale():
     identity = benchmark.resolved_identity("BiFairSASRec", "ml-100k", {"epochs": 3})
     assert "resume" not in identity["config"]  # properties/overall.yaml has resume: ~
     assert identity["config"]["epochs"] == 3 and "balancer_temperature" in identity["config"]
+
+
+@pytest.mark.slow
+def test_the_run_process_loads_no_report_code():
+    """What ``python -m recbole_bifair.benchmark --run`` imports besides the plugin itself: not the
+    report, plot, harness or command-line modules, nor pandas, scipy or matplotlib (pandas and
+    scipy are loaded by ``import recbole_bifair`` already, through RecBole)."""
+    code = ("import sys; import recbole_bifair; before = set(sys.modules); "
+            "import recbole_bifair.benchmark.__main__; print(' '.join(sorted(set(sys.modules) - before)))")
+    added = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           cwd=REPO_ROOT).stdout.split()
+    assert "recbole_bifair.benchmark.child" in added
+    report_code = [f"recbole_bifair.benchmark.{name}" for name in ("report", "plots", "runner", "cli")]
+    loaded = [name for name in added if name.split(".")[0] in ("pandas", "scipy", "matplotlib") or name in report_code]
+    assert not loaded, f"the run process imports {loaded}"

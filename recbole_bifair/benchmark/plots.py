@@ -1,0 +1,79 @@
+"""The plots of a benchmark report (matplotlib, imported only when plots are written)."""
+import re
+
+import numpy as np
+
+from recbole_bifair.llm.atomic_file import replaced_atomically
+
+
+# ---- plots ----------------------------------------------------------------------------------
+
+def write_plots(table, base, k):
+    """The per-group NDCG bars and the accuracy-fairness trade-off; returns (paths, notes on
+    what was skipped and why)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return [], ["Plots skipped: matplotlib is not installed (pip install recbole-bifair[plot])."]
+    paths, notes = [], []
+    for plot, suffix in ((plot_group_ndcg, "_group_ndcg.png"), (plot_tradeoff, "_tradeoff.png")):
+        figure, note = plot(plt, table, k)
+        if figure is None:
+            notes.append(note)
+            continue
+        with replaced_atomically(base + suffix, "wb") as png:
+            figure.savefig(png, format="png", dpi=120, bbox_inches="tight")
+        plt.close(figure)
+        paths.append(base + suffix)
+    return paths, notes
+
+
+def group_columns(table, k):
+    """The ``groupndcg@k_g<id>`` metrics of the table, by group id."""
+    pattern = re.compile(rf"^groupndcg@{k}_g(\d+)_mean$")
+    found = [(int(m.group(1)), m.group(0)[: -len("_mean")]) for m in map(pattern.match, table.columns) if m]
+    return [name for _, name in sorted(found)]
+
+
+def plot_group_ndcg(plt, table, k):
+    """Grouped bars: NDCG@k per item group (x), one bar per model, error bars over seeds."""
+    groups = group_columns(table, k)
+    if not groups:
+        return None, f"Per-group plot skipped: no groupndcg@{k}_g* metrics (add GroupNDCG to metrics)."
+    ok = table[table["seeds"] > 0]
+    width = 0.8 / max(len(ok), 1)
+    figure, axes = plt.subplots(figsize=(max(6, 1.2 * len(groups) + 0.4 * len(ok)), 4))
+    x = np.arange(len(groups))
+    for offset, (_, row) in enumerate(ok.iterrows()):
+        means = [row[f"{g}_mean"] for g in groups]
+        stds = np.nan_to_num([row[f"{g}_std"] for g in groups])
+        axes.bar(x + (offset - (len(ok) - 1) / 2) * width, means, width, yerr=stds if stds.any() else None,
+                 capsize=2, label=row["name"])
+    axes.set_xticks(x)
+    axes.set_xticklabels([f"g{g.rsplit('_g', 1)[1]}" for g in groups])
+    axes.set_xlabel("item group (g0: most training interactions, e.g. the popularity head)")
+    axes.set_ylabel(f"NDCG@{k} within the group")
+    axes.legend(fontsize="small", ncol=2)
+    return figure, None
+
+
+def plot_tradeoff(plt, table, k):
+    """NDCG@k (y) against the NDCG@k gap between item groups (x), one point per model."""
+    needed = [f"ndcg@{k}_mean", f"ndcggap@{k}_mean"]
+    if not all(c in table.columns for c in needed):
+        return None, f"Trade-off plot skipped: it needs ndcg@{k} and ndcggap@{k} (add NDCG and NDCGGap to metrics)."
+    ok = table[table["seeds"] > 0]
+    figure, axes = plt.subplots(figsize=(6, 4.5))
+    for _, row in ok.iterrows():
+        axes.errorbar(row[f"ndcggap@{k}_mean"], row[f"ndcg@{k}_mean"],
+                      xerr=np.nan_to_num(row[f"ndcggap@{k}_std"]), yerr=np.nan_to_num(row[f"ndcg@{k}_std"]),
+                      fmt="o", capsize=3, label=row["name"])
+        axes.annotate(row["name"], (row[f"ndcggap@{k}_mean"], row[f"ndcg@{k}_mean"]),
+                      textcoords="offset points", xytext=(4, 4), fontsize="small")
+    axes.set_xlabel(f"NDCG@{k} gap between item groups (max - min; lower is fairer)")
+    axes.set_ylabel(f"NDCG@{k} (higher is better)")
+    axes.grid(alpha=0.3)
+    return figure, None
