@@ -511,6 +511,29 @@ def test_prior_fairness_columns(tmp_path):
     assert "prior_E" not in markdown and "No significance" not in markdown and "significantly" not in markdown
 
 
+def test_second_order_share_column(tmp_path):
+    """The mean of a run's logged shares weighted by their outer steps, then mean ± std over seeds."""
+    spec = fabricated_spec(tmp_path, ["LLMSASRec", "BiFair"])
+
+    def fields(name, seed):
+        result = {"test_result": {"ndcg@10": 0.1, "ndcggap@10": 0.1}}
+        if name == "BiFair":
+            result["hypergradient_diagnostics"] = [
+                {"epoch": 0, "second_order_share": 0.1, "cosine_to_direct": 1.0, "outer_steps": 3},
+                {"epoch": 1, "second_order_share": 0.5 + 0.1 * (seed - 2020), "cosine_to_direct": 0.9, "outer_steps": 1},
+            ]
+        return result
+
+    write_records(spec, fields)
+    markdown, table = report(spec)
+    main = markdown_rows(markdown, "## Main results")
+    # seeds: (0.3 + 0.5) / 4 = 0.2, (0.3 + 0.6) / 4 = 0.225, (0.3 + 0.7) / 4 = 0.25
+    assert table.loc["BiFair", "second_order_share_mean"] == pytest.approx(0.225)
+    assert main["BiFair"]["second_order_share"] == "0.2250 ± 0.0250"
+    assert main["LLMSASRec"]["second_order_share"] == ""
+    assert "second_order_share: ||second-order part||" in markdown
+
+
 def test_committed_records_are_still_read(tmp_path):
     """Records of results/ml-100k/runs (no best epoch, no per-user values) give n/a and seed tests."""
     spec = fabricated_spec(tmp_path, ["SASRec", "BiFairSASRec"], reference="SASRec")

@@ -53,6 +53,7 @@ def runs_frame(spec):
                        valid_result=record.get("best_valid_result") or {})
             row.update(record.get("test_result") or {})
             row.update(prior_columns(record.get("prior_fairness")))
+            row.update(diagnostic_columns(record.get("hypergradient_diagnostics")))
             row.update({key: record.get(key) for key in COST_DIGITS if record.get(key) is not None})
         rows.append(row)
     return pd.DataFrame(rows)
@@ -64,6 +65,18 @@ def prior_columns(prior_fairness):
         return {}
     return {f"{PRIOR_PREFIX}{stage}_{metric}": value for stage, metrics in prior_fairness.items()
             if isinstance(metrics, dict) for metric, value in metrics.items()}
+
+
+SECOND_ORDER_SHARE = "second_order_share"
+
+
+def diagnostic_columns(diagnostics):
+    """``{"second_order_share": v}``: a BiFair run's second-order share of the hypergradient,
+    the mean over all its logged outer steps (each epoch's mean weighted by its outer steps)."""
+    steps = sum(entry["outer_steps"] for entry in diagnostics or [])
+    if not steps:
+        return {}
+    return {SECOND_ORDER_SHARE: sum(e["second_order_share"] * e["outer_steps"] for e in diagnostics) / steps}
 
 
 def not_converged(record):
@@ -350,6 +363,7 @@ def markdown_tables(table, columns, k, best_epochs=None, reference=None):
     table (metrics x models); means that differ significantly from the reference's carry its
     mark. ``best_epochs``: the best-epoch cell of each model name."""
     shown = (headline_metrics(columns, k) + prior_headline_columns(columns, k)
+             + [c for c in [SECOND_ORDER_SHARE] if c in columns]
              + [c for c in COST_DIGITS if c in columns and c != "wall_seconds"])
     names = [f"{name} (reference)" if name == reference else name for name in table["name"]]
     headline = pd.DataFrame({
@@ -429,6 +443,7 @@ def markdown_report(spec, dataset, table, columns, runs, command, plots, plot_no
         f"## Main results (@{spec.report_k})", "", headline, "",
         *convergence_notes(table, runs), *significance_notes(table, spec, columns),
         *prior_notes(columns, spec.report_k),
+        *diagnostic_notes(columns),
     ]
     if per_group:
         lines += [f"## NDCG@{spec.report_k} per item group", "", per_group, ""]
@@ -539,6 +554,14 @@ def prior_notes(columns, k):
     return [f"- prior_E0_* / prior_E_*: a training-free cosine recommender over the model's LLM item "
             f"table before (E0) and after (E) training (the record's `prior_fairness`); a smaller "
             f"prior_E_ndcggap@{k} than prior_E0_ndcggap@{k} means the learned table is fairer.", ""]
+
+
+def diagnostic_notes(columns):
+    if SECOND_ORDER_SHARE not in columns:
+        return []
+    return ["- second_order_share: ||second-order part|| / ||direct part|| of BiFair's hypergradient, "
+            "mean over the run's logged outer steps (a first_order run logs what exact would add, "
+            "every hypergradient_diagnostic_every outer steps); README, \"Does the nesting do anything?\"", ""]
 
 
 def _command_lines(run_commands, report_command, shown=3):
