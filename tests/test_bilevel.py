@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from recbole_bifair.trainer.balancer import UniformBalancer
-from recbole_bifair.trainer.bilevel import HypergradientSettings, LookAheadObjective, OuterProblem, outer_hypergradient
+from recbole_bifair.trainer.bilevel import HypergradientSettings, OuterProblem, outer_hypergradient
 
 NO_DROPOUT = dict(hidden_dropout_prob=0.0, attn_dropout_prob=0.0, projector_dropout=0.0)
 XI, BETA = 0.5, 0.01
@@ -124,7 +124,6 @@ def test_lookahead_objective_reads_parameters_as_given(setting):
     objective, theta, llm, _, train_batch, _, _ = setting
     base = objective.inner_loss(theta, llm, train_batch)
     shifted = objective.inner_loss(theta, [llm[0] + 0.5], train_batch)
-    assert isinstance(objective, LookAheadObjective)
     assert not torch.isclose(base, shifted)
 
 

@@ -65,7 +65,6 @@ def test_group_dro_moves_weight_to_the_worst_group(tiny):
     _, train_data, valid_data, _, _, trainer = tiny(model="GroupDROSASRec", dro_step_size=0.5)
     trainer.fit(train_data, valid_data, saved=False)
     weights = trainer.inner_balancer.weights()
-    assert weights.sum().item() == pytest.approx(1.0, abs=1e-5)
     assert weights.max() > 1.0 / len(weights) + 1e-3
 
 
