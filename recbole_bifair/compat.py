@@ -68,7 +68,7 @@ class _TorchForOwnCheckpoints(types.ModuleType):
     def save(obj, f, *args, **kwargs):
         if not isinstance(f, (str, os.PathLike)):
             return torch.save(obj, f, *args, **kwargs)
-        from recbole_bifair.llm.atomic_file import save_atomically
+        from recbole_bifair.files import save_atomically
 
         return save_atomically(obj, f, *args, **kwargs)
 

@@ -59,7 +59,7 @@ def default_params_file(model):
 
 def read_search_space(path):
     """The parameters of a RecBole-format search-space file."""
-    from recbole_bifair.input_files import existing_path, open_text
+    from recbole_bifair.files import existing_path, open_text
 
     params = []
     with open_text(existing_path(path, None, "--params_file")) as lines:

@@ -257,7 +257,7 @@ def save_weights(model_file, weights_file):
     """Write the weights of a checkpoint you trust (``model_file``, a pickle) to
     ``weights_file``, which holds tensors only: anyone can read it with :func:`load_weights`
     (``torch.load(..., weights_only=True)``), which runs no code."""
-    from recbole_bifair.llm.atomic_file import save_atomically
+    from recbole_bifair.files import save_atomically
 
     checkpoint = torch.load(model_file, map_location="cpu", weights_only=False)
     save_atomically(dict(checkpoint["state_dict"]), weights_file)

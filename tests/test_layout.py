@@ -10,7 +10,7 @@ PACKAGE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 # lowest first; a module may import its own layer's modules and those of earlier layers
 LAYERS = [
     ["errors"],
-    ["config_values", "input_files", "distributed"],
+    ["config_values", "files", "distributed"],
     ["compat"],
     ["llm"],
     ["evaluator"],

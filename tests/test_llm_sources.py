@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from recbole_bifair.errors import BiFairInputError
-from recbole_bifair.llm import atomic_file, encoder, item_text, load_item_embeddings
+from recbole_bifair import files
+from recbole_bifair.llm import encoder, item_text, load_item_embeddings, vector_files
 from recbole_bifair.llm.cache import user_cache_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -422,14 +423,14 @@ def test_a_users_own_itememb_is_never_overwritten(tiny, data_dir, encoder_loads)
 def test_read_only_dataset_folder_falls_back_to_the_user_cache(tiny, data_dir, tmp_path, encoder_loads, monkeypatch):
     config, dataset = tiny
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    real_write = atomic_file.write_text_atomically
+    real_write = files.write_text_atomically
 
     def read_only_dataset_folder(path, text, encoding="utf-8"):
         if Path(path).parent == data_dir:
             raise PermissionError(13, "Permission denied", path)
         return real_write(path, text, encoding)
 
-    monkeypatch.setattr(atomic_file, "write_text_atomically", read_only_dataset_folder)
+    monkeypatch.setattr(files, "write_text_atomically", read_only_dataset_folder)
     settings = with_settings(config, data_path=str(data_dir))
     load_item_embeddings(settings, dataset)
     assert user_cache_dir() == str(tmp_path / "xdg" / "recbole_bifair")
@@ -447,7 +448,7 @@ def test_interrupted_write_leaves_the_old_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "replace", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        atomic_file.write_itememb(str(target), ["1"], np.ones((1, 2), dtype=np.float32))
+        vector_files.write_itememb(str(target), ["1"], np.ones((1, 2), dtype=np.float32))
     assert target.read_text(encoding="utf-8") == "old\n" and os.listdir(tmp_path) == ["vectors.itememb"]
 
 
@@ -455,19 +456,19 @@ def test_itememb_that_is_not_in_the_encoding(tmp_path):
     path = tmp_path / "latin1.itememb"
     path.write_bytes("item_id:token\titem_emb:float_seq\ncaf\u00e9\t1 2\n".encode("latin-1"))
     with pytest.raises(BiFairInputError, match=r"latin1\.itememb must be utf-8 text.*set encoding"):
-        atomic_file.read_itememb(str(path))
-    assert atomic_file.read_itememb(str(path), encoding="latin-1")[0] == ["caf\u00e9"]
+        vector_files.read_itememb(str(path))
+    assert vector_files.read_itememb(str(path), encoding="latin-1")[0] == ["caf\u00e9"]
     with pytest.raises(BiFairInputError, match=r"latin1\.itememb: unknown encoding 'no-such-codec'"):
-        atomic_file.read_itememb(str(path), encoding="no-such-codec")
+        vector_files.read_itememb(str(path), encoding="no-such-codec")
 
 
 def test_ids_file_that_is_not_in_the_encoding(tmp_path):
     path = tmp_path / "ids.txt"
     path.write_bytes("caf\u00e9\n".encode("latin-1"))
     with pytest.raises(BiFairInputError, match=r"ids\.txt must be utf-8 text.*set encoding"):
-        atomic_file.read_ids_file(str(path))
+        vector_files.read_ids_file(str(path))
     with pytest.raises(BiFairInputError, match=r"ids\.txt: unknown encoding 'no-such-codec'"):
-        atomic_file.read_ids_file(str(path), encoding="no-such-codec")
+        vector_files.read_ids_file(str(path), encoding="no-such-codec")
 
 
 @pytest.mark.parametrize("name, message", [
@@ -564,7 +565,7 @@ def test_temporary_files_of_killed_writers_are_removed_and_a_live_ones_kept(tmp_
     import subprocess
     import sys
 
-    from recbole_bifair.llm.atomic_file import _host_tag, write_text_atomically
+    from recbole_bifair.files import _host_tag, write_text_atomically
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid, host = int(dead.stdout), _host_tag()

@@ -3,7 +3,7 @@ import re
 
 import numpy as np
 
-from recbole_bifair.llm.atomic_file import replaced_atomically
+from recbole_bifair.files import replaced_atomically
 
 
 # ---- plots ----------------------------------------------------------------------------------

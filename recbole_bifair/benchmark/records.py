@@ -6,7 +6,7 @@ import re
 
 import numpy as np
 
-from recbole_bifair.llm.atomic_file import write_text_atomically
+from recbole_bifair.files import write_text_atomically
 
 
 # Digits of a metric value: kept of each user's NDCG in a record, shown in the tables.

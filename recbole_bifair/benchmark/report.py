@@ -14,7 +14,7 @@ import yaml
 from recbole_bifair.benchmark.plots import group_columns, write_plots
 from recbole_bifair.benchmark.records import METRIC_DIGITS
 from recbole_bifair.benchmark.spec import _safe, load_record, plan_runs
-from recbole_bifair.llm.atomic_file import write_text_atomically
+from recbole_bifair.files import write_text_atomically
 
 
 COST_DIGITS = {"train_epoch_seconds": 2, "epochs": 1, "wall_seconds": 1, "peak_rss_mb": 0, "peak_gpu_mb": 0}

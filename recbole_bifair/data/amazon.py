@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from recbole_bifair.data.atomic import open_text, one_line, write_atomic_file
+from recbole_bifair.data.atomic import one_line, open_dump, write_atomic_file
 from recbole_bifair.errors import BiFairInputError
 
 DEFAULTS = {
@@ -166,7 +166,7 @@ def parse_record(line, path, line_number):
 
 def first_line(path):
     """The first non-empty line of a (possibly gzipped) text file."""
-    with open_text(path, "peek") as stream:
+    with open_dump(path, "peek") as stream:
         for line in stream:
             if line.strip():
                 return line.strip()
@@ -204,7 +204,7 @@ def csv_chunks(path, chunk_rows, description):
     """Raw chunks (item, user, rating, timestamp) of a ratings CSV."""
     header, names, usecols = csv_layout(path, first_line(path))
     item, user, rating, stamp = usecols or names
-    with open_text(path, description) as stream:
+    with open_dump(path, description) as stream:
         try:
             reader = pd.read_csv(
                 stream, header=header, names=names, usecols=usecols, chunksize=chunk_rows, engine="c",
@@ -222,7 +222,7 @@ def csv_chunks(path, chunk_rows, description):
 def json_chunks(path, chunk_rows, description):
     """Raw chunks (item, user, rating, timestamp) of a reviews JSON-lines file."""
     rows = []
-    with open_text(path, description) as stream:
+    with open_dump(path, description) as stream:
         for line_number, line in enumerate(stream, start=1):
             if not line.strip():
                 continue
@@ -389,7 +389,7 @@ def read_item_text(meta_paths, wanted):
     """``{item: (title, categories)}`` for the ``wanted`` items found in the metadata."""
     found = {}
     for path in meta_paths:
-        with open_text(path, f"metadata {os.path.basename(path)}") as stream:
+        with open_dump(path, f"metadata {os.path.basename(path)}") as stream:
             for line_number, line in enumerate(stream, start=1):
                 quick_id = meta_item_id(line)
                 if (quick_id is not None and quick_id not in wanted) or not line.strip():

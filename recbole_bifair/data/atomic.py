@@ -108,7 +108,7 @@ def is_gzip(path):
 
 
 @contextlib.contextmanager
-def open_text(path, description, encoding="utf-8"):
+def open_dump(path, description, encoding="utf-8"):
     """A text stream over ``path`` (plain or gzip), with a tqdm bar over the bytes read
     from disk."""
     if not os.path.isfile(path):

@@ -32,7 +32,7 @@ import torch
 
 from recbole_bifair.config_values import config_value
 from recbole_bifair.errors import BiFairInputError
-from recbole_bifair.input_files import existing_path, open_text
+from recbole_bifair.files import existing_path, open_text
 
 DEFAULTS = {
     "by": "popularity",

@@ -17,8 +17,9 @@ import json
 import logging
 import os
 
+from recbole_bifair import files
 from recbole_bifair.errors import BiFairInputError
-from recbole_bifair.llm import atomic_file
+from recbole_bifair.llm import vector_files
 
 CACHE_FORMAT = 1
 SHORT_KEY_LENGTH = 12
@@ -102,7 +103,7 @@ def store(config, record, tokens, matrix, id_field="item_id"):
 
 def write_cache_files(config, path, record, tokens, matrix, id_field):
     """The ``.itememb`` first, then the sidecar that makes it count as a cache entry."""
-    atomic_file.write_itememb(
+    vector_files.write_itememb(
         path, tokens, matrix, id_field=id_field,
         field_separator=config["field_separator"] or "\t",
         seq_separator=config["seq_separator"] or " ",
@@ -110,4 +111,4 @@ def write_cache_files(config, path, record, tokens, matrix, id_field):
     )
     sidecar = dict(record, dimension=int(matrix.shape[1]),
                    created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-    atomic_file.write_text_atomically(path + ".json", json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
+    files.write_text_atomically(path + ".json", json.dumps(sidecar, indent=2, sort_keys=True) + "\n")

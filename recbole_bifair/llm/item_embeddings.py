@@ -20,8 +20,8 @@ import torch
 
 from recbole_bifair.config_values import choice, positive_int
 from recbole_bifair.errors import BiFairInputError
-from recbole_bifair.input_files import existing_path
-from recbole_bifair.llm import atomic_file, cache, encoder, item_text
+from recbole_bifair.files import existing_path
+from recbole_bifair.llm import cache, encoder, item_text, vector_files
 
 SOURCES = ("auto", "file", "encoder")
 MISSING_ITEM_POLICIES = ("error", "zero", "mean", "random")
@@ -96,7 +96,7 @@ def table_from_file(config, settings, path, item_tokens):
         ids_path = settings.ids_file and existing_path(settings.ids_file, config["data_path"], "llm_emb_ids_file")
     elif settings.ids_file:
         logging.getLogger().warning(f"llm_emb_ids_file is ignored: {path} is not a .npy matrix.")
-    tokens, matrix = atomic_file.read_vector_file(
+    tokens, matrix = vector_files.read_vector_file(
         path, ids_path,
         field_separator=config["field_separator"] or "\t",
         seq_separator=config["seq_separator"] or " ",
@@ -191,7 +191,7 @@ def generated_table(config, dataset, settings, item_tokens):
 
 
 def table_from_cache(config, path, item_tokens):
-    tokens, matrix = atomic_file.read_itememb(
+    tokens, matrix = vector_files.read_itememb(
         path,
         field_separator=config["field_separator"] or "\t",
         seq_separator=config["seq_separator"] or " ",

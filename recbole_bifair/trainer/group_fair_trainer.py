@@ -24,7 +24,7 @@ from recbole_bifair import compat, distributed
 from recbole_bifair.config_values import choice, number
 from recbole_bifair.errors import BiFairInputError
 from recbole_bifair.evaluator.groups import training_item_counts
-from recbole_bifair.llm.atomic_file import save_atomically
+from recbole_bifair.files import save_atomically
 from recbole_bifair.llm.layer import projector_output_parameters
 from recbole_bifair.trainer.balancer import build_balancer
 from recbole_bifair.trainer.losses import example_losses, group_gradients_over, group_mean_losses, weighted_group_loss

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from recbole_bifair.errors import BiFairInputError
-from recbole_bifair.llm.atomic_file import save_atomically, write_text_atomically
+from recbole_bifair.files import save_atomically, write_text_atomically
 
 LAST_SUFFIX = "-last"
 

@@ -1,18 +1,17 @@
 """Item-vector files: RecBole's atomic ``.itememb`` text format and a ``.npy`` matrix with an
-ids file. Reading checks every row; writing is atomic (a temporary file, then ``os.replace``).
+ids file. Reading checks every row; writing is atomic (``files.replaced_atomically``).
 
 ``.itememb``: a header whose first field is ``<name>:token`` and second ``<name>:float_seq``
 (e.g. ``item_id:token<TAB>item_emb:float_seq``), then one ``token<TAB>v1 v2 ... vd`` row per
 item. Further columns are ignored.
 """
-import contextlib
 import os
-import uuid
 
 import numpy as np
 
+from recbole_bifair import files
 from recbole_bifair.errors import BiFairInputError
-from recbole_bifair.input_files import open_text
+from recbole_bifair.files import open_text
 
 
 def read_vector_file(path, ids_path=None, field_separator="\t", seq_separator=" ", encoding="utf-8"):
@@ -159,75 +158,4 @@ def write_itememb(path, tokens, matrix, id_field="item_id", field_separator="\t"
     value_format = seq_separator.join(["%.9g"] * matrix.shape[1])
     lines = [f"{id_field}:token{field_separator}item_emb:float_seq"]
     lines += [f"{token}{field_separator}{value_format % tuple(row)}" for token, row in zip(tokens, matrix.tolist())]
-    write_text_atomically(path, "\n".join(lines) + "\n", encoding)
-
-
-def write_text_atomically(path, text, encoding="utf-8"):
-    """Writes ``text`` to ``path`` through :func:`replaced_atomically`."""
-    with replaced_atomically(path, "w", encoding) as f:
-        f.write(text)
-
-
-def save_atomically(obj, path, *args, **kwargs):
-    """``torch.save(obj, path, ...)`` through :func:`replaced_atomically`: a run killed while
-    saving leaves the previous checkpoint whole."""
-    import torch
-
-    with replaced_atomically(path, "wb") as f:
-        torch.save(obj, f, *args, **kwargs)
-
-
-@contextlib.contextmanager
-def replaced_atomically(path, mode="w", encoding=None):
-    """Yields a file open on a temporary file next to ``path``; when the block ends it is
-    synced and renamed over ``path``, so a reader sees the old file or the whole new one,
-    never a part. On an error the temporary file is removed and ``path`` left as it was; the
-    temporary files of ``path`` that killed processes of this machine left behind are removed
-    first (a temporary file is named after its machine and process, so a running writer's is
-    never touched)."""
-    directory, name = os.path.split(os.path.abspath(path))
-    remove_stale_temporaries(directory, name)
-    temporary = os.path.join(directory, f".{name}.{_host_tag()}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(descriptor, mode, encoding=encoding) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-
-
-def _host_tag():
-    """This machine's name, safe inside a file name (PIDs mean something on one machine only)."""
-    import socket
-
-    return "".join(c if c.isalnum() or c == "-" else "-" for c in socket.gethostname()) or "host"
-
-
-def remove_stale_temporaries(directory, name):
-    """Remove ``.<name>.<host>.<pid>.<hex>.tmp`` files in ``directory`` written by processes of
-    this machine that are gone."""
-    prefix = f".{name}.{_host_tag()}."
-    try:
-        candidates = [entry for entry in os.listdir(directory) if entry.startswith(prefix) and entry.endswith(".tmp")]
-    except OSError:
-        return
-    for entry in candidates:
-        pid = entry[len(prefix):].split(".")[0]
-        if pid.isdigit() and not process_alive(int(pid)):
-            with contextlib.suppress(OSError):
-                os.remove(os.path.join(directory, entry))
-
-
-def process_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # e.g. PermissionError: another user's process, alive
-        return True
-    return True
+    files.write_text_atomically(path, "\n".join(lines) + "\n", encoding)
