@@ -100,6 +100,7 @@ class Config(RecBoleConfig):
 
     def _set_default_parameters(self):
         check_run_settings(self.final_config_dict)
+        check_training_settings(self.final_config_dict, split_family_name(self.model)[0])
         super()._set_default_parameters()
         check_valid_metric(self.final_config_dict)
         self._keep_users_valid_metric_direction()
@@ -178,6 +179,17 @@ def command_line_options(argv):
 
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "adagrad", "rmsprop", "sparse_adam")
+
+
+def check_training_settings(config, family):
+    """The trainer settings of the group-aware families (``trainer.settings``), built here once so
+    that a bad value is one error before the data is read."""
+    from recbole_bifair.trainer.settings import GroupFairSettings, OuterLevelSettings
+
+    if family in GROUP_FAIR_FAMILIES:
+        GroupFairSettings.from_config(config)
+    if family == "BiFair":
+        OuterLevelSettings.from_config(config)
 
 
 def check_run_settings(config):

@@ -16,6 +16,7 @@ from recbole_bifair.trainer.balancer import (
     build_balancer,
     min_norm_weights,
 )
+from recbole_bifair.trainer.settings import BalancerSettings
 
 
 def test_softmax_of_smoothed_losses():
@@ -99,12 +100,32 @@ def test_mgda_balancer_weights_absent_groups_keep_their_share():
     assert weights[1].item() == pytest.approx(0.2 * 2 / 3, abs=1e-3)
 
 
-def test_unknown_strategy_and_bad_values_are_clear_errors():
-    config = {"balancer_temperature": 0.0, "balancer_ema_decay": 0.9}
-    with pytest.raises(BiFairInputError, match="balancer_temperature"):
-        build_balancer("softmax", config, 3, [0.3, 0.3, 0.4])
+GOOD_SETTINGS = {"balancer_temperature": 1.0, "balancer_ema_decay": 0.9, "mgda_entropy_weight": 0.1,
+                 "dro_step_size": 0.01, "fixed_group_weights": None}
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("balancer_temperature", 0.0, "balancer_temperature must be > 0"),
+    ("balancer_ema_decay", 1.0, r"balancer_ema_decay must be in \[0, 1\)"),
+    ("mgda_entropy_weight", -0.1, "mgda_entropy_weight must be >= 0"),
+    ("dro_step_size", 0.0, "dro_step_size must be > 0"),
+    ("balancer_temperature", "hot", "balancer_temperature must be a number"),
+])
+def test_bad_balancer_values_are_clear_errors(key, value, message):
+    with pytest.raises(BiFairInputError, match=message):
+        BalancerSettings.from_config({**GOOD_SETTINGS, key: value}, "softmax")
+
+
+def test_unknown_strategy_and_bad_fixed_weights_are_clear_errors():
     with pytest.raises(BiFairInputError, match="Unknown balancer 'fancy'"):
-        build_balancer("fancy", config, 3, [0.3, 0.3, 0.4])
+        BalancerSettings.from_config(GOOD_SETTINGS, "fancy")
+    for weights in (None, [], [1, -1], [0, 0], [1, True]):
+        with pytest.raises(BiFairInputError, match="fixed_group_weights"):
+            BalancerSettings.from_config({**GOOD_SETTINGS, "fixed_group_weights": weights}, "fixed")
+    settings = BalancerSettings.from_config({**GOOD_SETTINGS, "fixed_group_weights": [1, 3]}, "fixed")
+    assert build_balancer(settings, 2, [0.5, 0.5]).weights().tolist() == [0.25, 0.75]
+    with pytest.raises(BiFairInputError, match="fixed_group_weights: 3 non-negative numbers"):
+        build_balancer(settings, 3, [0.3, 0.3, 0.4])
 
 
 def test_state_round_trip():

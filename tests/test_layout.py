@@ -17,6 +17,7 @@ LAYERS = [
     ["data"],
     ["trainer.losses", "trainer.balancer", "trainer.valid_score", "trainer.resume"],
     ["trainer.bilevel"],
+    ["trainer.settings"],
     ["trainer.group_fair_trainer"],
     ["trainer.bifair_trainer", "trainer"],
     ["model"],

@@ -18,13 +18,13 @@ objective; a strategy turns the group losses of a batch into weights over the gr
 - ``fixed``: user-given weights (``fixed_group_weights``).
 
 Weights are over all K groups and sum to 1; groups absent from a batch are skipped by the
-loss (``losses.weighted_group_loss``) and do not update a strategy's state.
+loss (``losses.weighted_group_loss``) and do not update a strategy's state. The strategies'
+parameters are checked in ``trainer.settings``.
 """
 import math
 
 import torch
 
-from recbole_bifair.config_values import number
 from recbole_bifair.errors import BiFairInputError
 
 
@@ -58,10 +58,10 @@ class UniformBalancer(Balancer):
 class FixedBalancer(Balancer):
     def __init__(self, n_groups, fixed_weights):
         super().__init__(n_groups)
-        if not isinstance(fixed_weights, (list, tuple)) or len(fixed_weights) != n_groups or min(fixed_weights) < 0 or sum(fixed_weights) <= 0:
+        if len(fixed_weights) != n_groups:  # the values are checked in trainer.settings
             raise BiFairInputError(
                 f"balancer 'fixed' needs fixed_group_weights: {n_groups} non-negative numbers "
-                f"(one per item group), got {fixed_weights!r}."
+                f"(one per item group), got {list(fixed_weights)!r}."
             )
         weights = torch.as_tensor(fixed_weights, dtype=torch.float32)
         self._weights = weights / weights.sum()
@@ -87,10 +87,6 @@ class SoftmaxBalancer(Balancer):
 
     def __init__(self, n_groups, temperature=1.0, ema_decay=0.9):
         super().__init__(n_groups)
-        if temperature <= 0:
-            raise BiFairInputError(f"balancer_temperature must be > 0, got {temperature!r}.")
-        if not 0 <= ema_decay < 1:
-            raise BiFairInputError(f"balancer_ema_decay must be in [0, 1), got {ema_decay!r}.")
         self.temperature = temperature
         self.ema_decay = ema_decay
         self.smoothed_losses = torch.zeros(n_groups)
@@ -120,8 +116,6 @@ class GroupDROBalancer(Balancer):
 
     def __init__(self, n_groups, step_size=0.01):
         super().__init__(n_groups)
-        if step_size <= 0:
-            raise BiFairInputError(f"dro_step_size must be > 0, got {step_size!r}.")
         self.step_size = step_size
         self.q = torch.full((n_groups,), 1.0 / n_groups)
 
@@ -164,8 +158,6 @@ class MGDABalancer(Balancer):
 
     def __init__(self, n_groups, entropy_weight=0.1):
         super().__init__(n_groups)
-        if entropy_weight < 0:
-            raise BiFairInputError(f"mgda_entropy_weight must be >= 0, got {entropy_weight!r}.")
         self.entropy_weight = entropy_weight
         self._weights = torch.full((n_groups,), 1.0 / n_groups)
 
@@ -185,21 +177,17 @@ class MGDABalancer(Balancer):
         return {"_weights": self._weights.clone()}
 
 
-STRATEGIES = ("softmax", "mgda", "dro", "uniform", "inverse_frequency", "fixed")
-
-
-def build_balancer(strategy, config, n_groups, train_share):
-    """The balancer named ``strategy`` with its settings from ``config``."""
+def build_balancer(settings, n_groups, train_share):
+    """The balancer of ``settings`` (``trainer.settings.BalancerSettings``) over ``n_groups``."""
+    strategy = settings.strategy
     if strategy == "softmax":
-        return SoftmaxBalancer(n_groups, number(config, "balancer_temperature"), number(config, "balancer_ema_decay"))
+        return SoftmaxBalancer(n_groups, settings.temperature, settings.ema_decay)
     if strategy == "mgda":
-        return MGDABalancer(n_groups, number(config, "mgda_entropy_weight"))
+        return MGDABalancer(n_groups, settings.mgda_entropy_weight)
     if strategy == "dro":
-        return GroupDROBalancer(n_groups, number(config, "dro_step_size"))
+        return GroupDROBalancer(n_groups, settings.dro_step_size)
     if strategy == "uniform":
         return UniformBalancer(n_groups)
     if strategy == "inverse_frequency":
         return InverseFrequencyBalancer(n_groups, train_share)
-    if strategy == "fixed":
-        return FixedBalancer(n_groups, config["fixed_group_weights"])
-    raise BiFairInputError(f"Unknown balancer '{strategy}'; choose one of {', '.join(STRATEGIES)}.")
+    return FixedBalancer(n_groups, settings.fixed_group_weights)

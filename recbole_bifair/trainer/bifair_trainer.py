@@ -19,37 +19,12 @@ from recbole.utils import set_color
 from torch.nn.utils import clip_grad_norm_
 
 from recbole_bifair import distributed
-from recbole_bifair.config_values import choice, flag, non_negative_int, number, positive_int
 from recbole_bifair.errors import BiFairInputError
 from recbole_bifair.trainer.bilevel import (
-    HYPERGRADIENT_MODES, IMPLICIT_SOLVERS, LOOKAHEAD_UPDATES, HypergradientSettings, LookAheadObjective,
-    OuterProblem, capture_random_state, outer_hypergradient, restore_random_state,
+    LookAheadObjective, OuterProblem, capture_random_state, outer_hypergradient, restore_random_state,
 )
 from recbole_bifair.trainer.group_fair_trainer import GroupFairTrainer
-
-
-LLM_UPDATES = ("outer", "joint")
-
-
-def hypergradient_settings(config, inner_learning_rate):
-    """:class:`HypergradientSettings` from the config, each bad value one clear error."""
-    truncate = config["lookahead_truncate"]
-    settings = dict(
-        mode=choice(config, "hypergradient", HYPERGRADIENT_MODES),
-        xi=number(config, "lookahead_lr", minimum=0.0, default=inner_learning_rate),
-        beta=number(config, "proximity_weight", minimum=0.0),
-        steps=positive_int(config, "lookahead_steps", default=1),
-        update=choice(config, "lookahead_update", LOOKAHEAD_UPDATES),
-        truncate=None if truncate is None else positive_int(config, "lookahead_truncate"),
-        implicit_steps=positive_int(config, "implicit_steps", default=5),
-        implicit_lr=number(config, "implicit_lr", minimum=0.0, strictly_above=True, default=0.01),
-        implicit_solver=choice(config, "implicit_solver", IMPLICIT_SOLVERS),
-        implicit_damping=number(config, "implicit_damping", minimum=0.0, default=0.0),
-    )
-    try:
-        return HypergradientSettings(**settings)
-    except ValueError as error:
-        raise BiFairInputError(str(error)) from None
+from recbole_bifair.trainer.settings import OuterLevelSettings
 
 
 class BiFairTrainer(GroupFairTrainer):
@@ -62,18 +37,15 @@ class BiFairTrainer(GroupFairTrainer):
                 f"Use --model=BiFair{type(model).__name__.replace('LLM', '', 1)}."
             )
         super().__init__(config, model)
-        self.outer_enabled = flag(config, "bifair_outer", default=True)
-        self.llm_update = choice(config, "llm_update", LLM_UPDATES)
-        self.outer_every = positive_int(config, "outer_every")
-        self.hypergradient = hypergradient_settings(config, self.learning_rate)
-        self.diagnostic_every = non_negative_int(config, "hypergradient_diagnostic_every")
+        self.outer = OuterLevelSettings.from_config(config)
+        self.hypergradient = self.outer.hypergradient
         self.diagnostics = []
         self._epoch_diagnostics = []
         self._outer_steps = 0
         self.outer_optimizer = self._build_optimizer(
             params=model.llm_parameters(),
-            learner=config["outer_learner"],
-            learning_rate=number(config, "outer_learning_rate", minimum=0.0, strictly_above=True),
+            learner=self.outer.learner,
+            learning_rate=self.outer.learning_rate,
             weight_decay=0.0,
         )
         self.outer_balancer = None
@@ -82,7 +54,7 @@ class BiFairTrainer(GroupFairTrainer):
     def _set_up_groups(self, train_data):
         """Adds the outer balancer and the look-ahead objective to the inner level's set-up."""
         super()._set_up_groups(train_data)
-        self.outer_balancer = self._build_balancer(self.config["outer_balancer"] or self.config["balancer"])
+        self.outer_balancer = self._build_balancer(self.outer.balancer)
         llm_ids = {id(p) for p in self.model.llm_parameters()}
         named = list(self.model.named_parameters())
         self._inner_named = [(n, p) for n, p in named if id(p) not in llm_ids]
@@ -99,15 +71,15 @@ class BiFairTrainer(GroupFairTrainer):
         self._shared_index = [i for i, (_, p) in enumerate(self._inner_named) if id(p) in shared_ids]
 
     def _before_inner_step(self, previous, interaction, epoch_idx, step):
-        if self.outer_enabled and self.llm_update == "outer" and previous is not None and step % self.outer_every == 0:
+        if self.outer.enabled and self.outer.llm_update == "outer" and previous is not None and step % self.outer.every == 0:
             self._outer_step(previous, interaction, epoch_idx, step)
 
     def _outer_step(self, lookahead_batch, meta_batch, epoch_idx, step):
         """One update of E: its hypergradient (``bilevel.outer_hypergradient``: look-ahead, group
         losses on the meta batch, outer balancer, ``F`` and its hypergradient), the diagnostic,
         then the outer optimiser's step."""
-        due = (self.hypergradient.mode == "first_order" and self.diagnostic_every
-               and self._outer_steps % self.diagnostic_every == 0)
+        due = (self.hypergradient.mode == "first_order" and self.outer.diagnostic_every
+               and self._outer_steps % self.outer.diagnostic_every == 0)
         balancer_before = copy.deepcopy(self.outer_balancer) if due else None  # as this step sees it
         result = self._hypergradient(lookahead_batch, meta_batch, self.hypergradient, self.outer_balancer)
         self._check_finite(result.value, "outer", epoch_idx, step)
@@ -172,7 +144,7 @@ class BiFairTrainer(GroupFairTrainer):
 
     @property
     def _joint(self):
-        return self.outer_enabled and self.llm_update == "joint"
+        return self.outer.enabled and self.outer.llm_update == "joint"
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         self._epoch_diagnostics = []
@@ -197,7 +169,7 @@ class BiFairTrainer(GroupFairTrainer):
 
     def _balancers(self, in_use_only=False):
         balancers = super()._balancers(in_use_only)
-        outer_in_use = self.outer_enabled and self.llm_update == "outer"
+        outer_in_use = self.outer.enabled and self.outer.llm_update == "outer"
         if self.outer_balancer is not None and (outer_in_use or not in_use_only):
             balancers["outer"] = self.outer_balancer
         return balancers

@@ -21,7 +21,6 @@ from torch.nn.utils import clip_grad_norm_
 from tqdm import tqdm
 
 from recbole_bifair import compat, distributed
-from recbole_bifair.config_values import choice, number
 from recbole_bifair.errors import BiFairInputError
 from recbole_bifair.evaluator.groups import training_item_counts
 from recbole_bifair.files import save_atomically
@@ -29,8 +28,8 @@ from recbole_bifair.llm.layer import projector_output_parameters
 from recbole_bifair.trainer.balancer import build_balancer
 from recbole_bifair.trainer.losses import example_losses, group_gradients_over, group_mean_losses, weighted_group_loss
 from recbole_bifair.trainer.resume import random_states, restore_random_states
+from recbole_bifair.trainer.settings import GroupFairSettings
 
-INNER_WEIGHTINGS = ("group", "item_ips", "none")
 
 
 class BiFairTrainingError(FloatingPointError):
@@ -48,9 +47,7 @@ class GroupFairTrainer(Trainer):
             )
         compat.apply()  # the fairness collector and checkpoint fixes, before RecBole's __init__
         super().__init__(config, model)
-        self.inner_weighting = choice(config, "inner_weighting", INNER_WEIGHTINGS)
-        self.loss_spread_weight = number(config, "loss_spread_weight", minimum=0.0, default=0.0)
-        self.ips_power = number(config, "ips_power", minimum=0.0)
+        self.settings = GroupFairSettings.from_config(config)
         self.item_groups = None
         self.inner_balancer = None
         self._resumed_state = None
@@ -75,12 +72,12 @@ class GroupFairTrainer(Trainer):
 
         self.item_groups = build_item_groups(self.config, train_data.dataset)
         self._item_group = self.item_groups.item_group.to(self.device)
-        self.inner_balancer = self._build_balancer(self.config["balancer"])
+        self.inner_balancer = self._build_balancer(self.settings.balancer)
         counts = torch.from_numpy(training_item_counts(train_data.dataset)).double()
-        self._item_ips = counts.clamp(min=1).pow(-self.ips_power).float().to(self.device)
+        self._item_ips = counts.clamp(min=1).pow(-self.settings.ips_power).float().to(self.device)
 
-    def _build_balancer(self, strategy):
-        balancer = build_balancer(strategy, self.config, self.item_groups.n_groups, self.item_groups.train_share)
+    def _build_balancer(self, settings):
+        balancer = build_balancer(settings, self.item_groups.n_groups, self.item_groups.train_share)
         return distributed.SyncedBalancer(balancer) if distributed.is_distributed() else balancer
 
     def _mgda_shared_parameters(self):
@@ -144,7 +141,7 @@ class GroupFairTrainer(Trainer):
         ``loss_spread_weight * Var_g(L_g)``. BiFair's look-ahead calls it too
         (``update_balancer=False``), so both levels see the same inner loss."""
         group_losses, counts = group_mean_losses(losses, self._item_group[items], self.item_groups.n_groups)
-        if self.inner_weighting == "group":
+        if self.settings.inner_weighting == "group":
             if update_balancer:
                 gradients = (
                     group_gradients_over(group_losses, counts, self._mgda_shared_parameters())
@@ -153,13 +150,13 @@ class GroupFairTrainer(Trainer):
                 )
                 self.inner_balancer.update(group_losses.detach(), counts, gradients)
             loss = weighted_group_loss(group_losses, counts, self.inner_balancer.weights().to(losses.device))
-        elif self.inner_weighting == "item_ips":
+        elif self.settings.inner_weighting == "item_ips":
             weights = self._item_ips[items]
             loss = (weights * losses).sum() / weights.sum()
         else:
             loss = losses.mean()
-        if self.loss_spread_weight:
-            loss = loss + self.loss_spread_weight * group_losses[counts > 0].var(unbiased=False)
+        if self.settings.loss_spread_weight:
+            loss = loss + self.settings.loss_spread_weight * group_losses[counts > 0].var(unbiased=False)
         return loss
 
     @staticmethod
@@ -174,7 +171,7 @@ class GroupFairTrainer(Trainer):
     def _balancers(self, in_use_only=False):
         """The named balancers: all that exist (checkpointed), or those whose weights the loss
         uses (logged each epoch)."""
-        if self.inner_balancer is None or (in_use_only and self.inner_weighting != "group"):
+        if self.inner_balancer is None or (in_use_only and self.settings.inner_weighting != "group"):
             return {}
         return {"inner": self.inner_balancer}
 

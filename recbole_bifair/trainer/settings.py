@@ -1,0 +1,129 @@
+"""Typed settings of the group-aware training (``properties/model/GroupFair.yaml``) and of
+BiFair's outer level (``properties/model/BiFair.yaml``), each value checked once.
+
+The plugin's ``Config`` builds them when it is made (``config.check_training_settings``), so
+a bad value stops a run before any data is loaded; the trainers build them again from the same
+config and read their settings from them only. The defaults are those YAML files'.
+"""
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from recbole_bifair.config_values import choice, flag, non_negative_int, number, positive_int
+from recbole_bifair.errors import BiFairInputError
+from recbole_bifair.trainer.bilevel import (
+    HYPERGRADIENT_MODES, IMPLICIT_SOLVERS, LOOKAHEAD_UPDATES, HypergradientSettings,
+)
+
+STRATEGIES = ("softmax", "mgda", "dro", "uniform", "inverse_frequency", "fixed")
+INNER_WEIGHTINGS = ("group", "item_ips", "none")
+LLM_UPDATES = ("outer", "joint")
+
+
+@dataclass(frozen=True)
+class BalancerSettings:
+    """A balancer strategy (``trainer.balancer``) and its parameters."""
+
+    strategy: str
+    temperature: float
+    ema_decay: float
+    mgda_entropy_weight: float
+    dro_step_size: float
+    fixed_group_weights: Optional[Tuple[float, ...]]
+
+    @classmethod
+    def from_config(cls, config, strategy):
+        if strategy not in STRATEGIES:
+            raise BiFairInputError(f"Unknown balancer '{strategy}'; choose one of {', '.join(STRATEGIES)}.")
+        ema_decay = number(config, "balancer_ema_decay", minimum=0.0)
+        if ema_decay >= 1:
+            raise BiFairInputError(f"balancer_ema_decay must be in [0, 1), got {ema_decay!r}.")
+        return cls(
+            strategy=strategy,
+            temperature=number(config, "balancer_temperature", minimum=0.0, strictly_above=True),
+            ema_decay=ema_decay,
+            mgda_entropy_weight=number(config, "mgda_entropy_weight", minimum=0.0),
+            dro_step_size=number(config, "dro_step_size", minimum=0.0, strictly_above=True),
+            fixed_group_weights=fixed_group_weights(config) if strategy == "fixed" else None,
+        )
+
+
+def fixed_group_weights(config):
+    """``fixed_group_weights``: non-negative numbers, not all 0 (their count is checked against
+    the item groups when they are built)."""
+    weights = config["fixed_group_weights"]
+    if (not isinstance(weights, (list, tuple)) or not weights
+            or any(isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0 for w in weights)
+            or sum(weights) <= 0):
+        raise BiFairInputError(
+            f"balancer 'fixed' needs fixed_group_weights: non-negative numbers, one per item group "
+            f"(not all 0), got {weights!r}.")
+    return tuple(float(w) for w in weights)
+
+
+@dataclass(frozen=True)
+class GroupFairSettings:
+    """The inner level's loss: how examples are weighted, and the spread penalty."""
+
+    inner_weighting: str
+    balancer: BalancerSettings
+    ips_power: float
+    loss_spread_weight: float
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(
+            inner_weighting=choice(config, "inner_weighting", INNER_WEIGHTINGS),
+            balancer=BalancerSettings.from_config(config, config["balancer"]),
+            ips_power=number(config, "ips_power", minimum=0.0),
+            loss_spread_weight=number(config, "loss_spread_weight", minimum=0.0),
+        )
+
+
+@dataclass(frozen=True)
+class OuterLevelSettings:
+    """BiFair's outer level: whether and where E is updated, how often, by which optimiser,
+    with which group weights and which hypergradient."""
+
+    enabled: bool
+    llm_update: str
+    every: int
+    learner: str
+    learning_rate: float
+    balancer: BalancerSettings
+    diagnostic_every: int
+    hypergradient: HypergradientSettings
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(
+            enabled=flag(config, "bifair_outer", default=True),
+            llm_update=choice(config, "llm_update", LLM_UPDATES),
+            every=positive_int(config, "outer_every"),
+            learner=config["outer_learner"],
+            learning_rate=number(config, "outer_learning_rate", minimum=0.0, strictly_above=True),
+            balancer=BalancerSettings.from_config(config, config["outer_balancer"] or config["balancer"]),
+            diagnostic_every=non_negative_int(config, "hypergradient_diagnostic_every"),
+            hypergradient=hypergradient_settings(config),
+        )
+
+
+def hypergradient_settings(config):
+    """:class:`HypergradientSettings` from the config, each bad value one clear error
+    (``lookahead_lr: ~`` is the inner ``learning_rate``)."""
+    truncate = config["lookahead_truncate"]
+    settings = dict(
+        mode=choice(config, "hypergradient", HYPERGRADIENT_MODES),
+        xi=number(config, "lookahead_lr", minimum=0.0, default=config["learning_rate"]),
+        beta=number(config, "proximity_weight", minimum=0.0),
+        steps=positive_int(config, "lookahead_steps", default=1),
+        update=choice(config, "lookahead_update", LOOKAHEAD_UPDATES),
+        truncate=None if truncate is None else positive_int(config, "lookahead_truncate"),
+        implicit_steps=positive_int(config, "implicit_steps", default=5),
+        implicit_lr=number(config, "implicit_lr", minimum=0.0, strictly_above=True, default=0.01),
+        implicit_solver=choice(config, "implicit_solver", IMPLICIT_SOLVERS),
+        implicit_damping=number(config, "implicit_damping", minimum=0.0, default=0.0),
+    )
+    try:
+        return HypergradientSettings(**settings)
+    except ValueError as error:
+        raise BiFairInputError(str(error)) from None
