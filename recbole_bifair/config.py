@@ -182,10 +182,13 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "adagrad", "rmsprop", "sparse_adam")
 
 
 def check_training_settings(config, family):
-    """The trainer settings of the group-aware families (``trainer.settings``), built here once so
-    that a bad value is one error before the data is read."""
+    """The settings of the plugin's families (``llm.settings``, ``trainer.settings``), built here
+    once so that a bad value is one error before the data is read."""
+    from recbole_bifair.llm.settings import LLMLayerSettings
     from recbole_bifair.trainer.settings import GroupFairSettings, OuterLevelSettings
 
+    if family is not None:
+        LLMLayerSettings.from_config(config)
     if family in GROUP_FAIR_FAMILIES:
         GroupFairSettings.from_config(config)
     if family == "BiFair":

@@ -7,6 +7,8 @@ import yaml
 
 from conftest import REPO_ROOT, TEST_DATA, tiny_config
 
+from recbole_bifair.errors import BiFairInputError
+
 
 def run_cli(args, cwd):
     return subprocess.run(
@@ -243,3 +245,22 @@ def test_shared_weights_load_without_unpickling_objects(tiny, tmp_path):
     load_weights(model, str(tmp_path / "model.pt"))
     saved = torch.load(trainer.saved_model_file, weights_only=False)["state_dict"]
     assert all(torch.equal(value, model.state_dict()[name]) for name, value in saved.items())
+
+
+@pytest.mark.parametrize("model, settings, message", [
+    ("BiFairSASRec", {"balancer_temperature": 0}, "balancer_temperature must be > 0"),
+    ("BiFairSASRec", {"outer_balancer": "fancy"}, "Unknown balancer 'fancy'"),
+    ("BiFairSASRec", {"hypergradient": "second"}, "hypergradient must be one of"),
+    ("GroupDROSASRec", {"dro_step_size": -1}, "dro_step_size must be > 0"),
+    ("IPSSASRec", {"inner_weighting": "all"}, "inner_weighting must be one of"),
+    ("LLMSASRec", {"projector_dropout": 1.5}, r"projector_dropout must be a number in \[0, 1\)"),
+    ("LLMGRU4Rec", {"projector_hidden": 0}, "projector_hidden must be a positive integer"),
+    ("BiFairSASRec", {"llm_view": "triple"}, "llm_view must be one of"),
+    ("VarRegSASRec", {"llm_freeze": "yes"}, "llm_freeze must be True or False"),
+])
+def test_bad_plugin_settings_fail_when_the_config_is_made(model, settings, message):
+    """Before any data is read: the dataset named here does not exist."""
+    from recbole_bifair.config import Config
+
+    with pytest.raises(BiFairInputError, match=message):
+        Config(model=model, dataset="no-such-dataset", config_dict=settings)

@@ -40,19 +40,26 @@ def _check_dropout(key, value):
         raise BiFairInputError(f"{key} must be a number in [0, 1), got {value!r}.")
 
 
-def build_projector(input_dim, output_dim, n_layers=2, hidden_dim=None, activation="gelu", dropout=0.0,
-                    residual=False, input_dropout=0.0):
-    """An MLP from the LLM dimension to the backbone's: ``n_layers`` linear layers with
-    ``hidden_dim`` units between them (default ``input_dim // 2``); ``residual`` adds a linear
-    map of the input to the output; ``input_dropout`` drops LLM features before it."""
-    if not isinstance(n_layers, int) or n_layers < 1:
+def check_projector(n_layers, hidden_dim, activation, dropout, input_dropout):
+    """One error, naming its config key, for each bad projector setting."""
+    if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 1:
         raise BiFairInputError(f"projector_layers must be an integer >= 1, got {n_layers!r}.")
+    if hidden_dim is not None and (isinstance(hidden_dim, bool) or not isinstance(hidden_dim, int) or hidden_dim < 1):
+        raise BiFairInputError(f"projector_hidden must be a positive integer or ~, got {hidden_dim!r}.")
     if activation not in ACTIVATIONS:
         raise BiFairInputError(
             f"projector_activation '{activation}' is unknown; choose one of {sorted(ACTIVATIONS)}."
         )
     _check_dropout("projector_dropout", dropout)
     _check_dropout("projector_input_dropout", input_dropout)
+
+
+def build_projector(input_dim, output_dim, n_layers=2, hidden_dim=None, activation="gelu", dropout=0.0,
+                    residual=False, input_dropout=0.0):
+    """An MLP from the LLM dimension to the backbone's: ``n_layers`` linear layers with
+    ``hidden_dim`` units between them (default ``input_dim // 2``); ``residual`` adds a linear
+    map of the input to the output; ``input_dropout`` drops LLM features before it."""
+    check_projector(n_layers, hidden_dim, activation, dropout, input_dropout)
     hidden_dim = hidden_dim or max(1, input_dim // 2)
     widths = [input_dim] + [hidden_dim] * (n_layers - 1) + [output_dim]
     layers = []

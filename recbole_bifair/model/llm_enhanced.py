@@ -17,12 +17,9 @@ import functools
 from recbole.utils import ModelType
 from torch import nn
 
-from recbole_bifair.config_values import choice, config_value, flag
 from recbole_bifair.errors import BiFairInputError
-from recbole_bifair.llm.layer import (
-    DUAL_FUSIONS, ID_INITS, LLM_PREPROCESSING, LLM_VIEWS, DualView, LLMItemEmbedding, build_projector,
-    pca_item_table, preprocess_llm_table,
-)
+from recbole_bifair.llm.layer import DualView, LLMItemEmbedding, build_projector, pca_item_table, preprocess_llm_table
+from recbole_bifair.llm.settings import LLMLayerSettings
 from recbole_bifair.trainer.losses import masked_item_losses
 
 FAMILY_PREFIXES = ("BiFair", "GroupDRO", "IPS", "VarReg", "LLM")
@@ -102,11 +99,11 @@ def item_tables_by_shape(model, extra_rows=(0, 1)):
     )
 
 
-def llm_item_embedding_for(table, llm_table, config, freeze):
-    """The LLM layer that replaces the ``nn.Embedding`` ``table``: same output width, same
-    padding row, and trainable extra rows where the table has more rows than items.
-    ``llm_table`` is preprocessed (``llm_preprocess``) here, so ``E`` and ``E0`` are the
-    preprocessed table."""
+def llm_item_embedding_for(table, llm_table, settings, freeze):
+    """The LLM layer (``settings``: ``llm.settings.LLMLayerSettings``) that replaces the
+    ``nn.Embedding`` ``table``: same output width, same padding row, and trainable extra rows
+    where the table has more rows than items. ``llm_table`` is preprocessed
+    (``llm_preprocess``) here, so ``E`` and ``E0`` are the preprocessed table."""
     n_extra_rows = table.num_embeddings - llm_table.shape[0]
     if n_extra_rows < 0:
         raise BiFairInputError(
@@ -115,21 +112,21 @@ def llm_item_embedding_for(table, llm_table, config, freeze):
         )
     padding_idx = 0 if table.padding_idx is None else table.padding_idx
     raw_llm_table = llm_table
-    llm_table = preprocess_llm_table(llm_table, choice(config, "llm_preprocess", LLM_PREPROCESSING), padding_idx)
+    llm_table = preprocess_llm_table(llm_table, settings.preprocess, padding_idx)
     projector = build_projector(
         llm_table.shape[1],
         table.embedding_dim,
-        n_layers=config["projector_layers"],
-        hidden_dim=config["projector_hidden"],
-        activation=config["projector_activation"],
-        dropout=config["projector_dropout"],
-        residual=flag(config, "projector_residual"),
-        input_dropout=config_value(config, "projector_input_dropout", 0.0),
+        n_layers=settings.projector_layers,
+        hidden_dim=settings.projector_hidden,
+        activation=settings.projector_activation,
+        dropout=settings.projector_dropout,
+        residual=settings.projector_residual,
+        input_dropout=settings.projector_input_dropout,
     )
-    fusion, id_init = choice(config, "dual_fusion", DUAL_FUSIONS), choice(config, "dual_id_init", ID_INITS)
     dual_view = None
-    if choice(config, "llm_view", LLM_VIEWS) == "dual":
-        dual_view = DualView(id_table_for(table, raw_llm_table, id_init, padding_idx), fusion)
+    if settings.view == "dual":
+        id_table = id_table_for(table, raw_llm_table, settings.dual_id_init, padding_idx)
+        dual_view = DualView(id_table, settings.dual_fusion)
     return LLMItemEmbedding(llm_table, projector, freeze=freeze, padding_idx=padding_idx,
                             n_extra_rows=n_extra_rows, dual_view=dual_view)
 
@@ -152,10 +149,11 @@ class LLMEnhancedMixin:
     def _install_llm_item_embeddings(self, config, dataset):
         from recbole_bifair.llm import load_item_embeddings
 
+        settings = LLMLayerSettings.from_config(config)
         llm_table = load_item_embeddings(config, dataset)
-        freeze = False if self.bifair else flag(config, "llm_freeze", default=True)
+        freeze = False if self.bifair else settings.freeze
         for name in item_table_names(self, config):
-            layer = llm_item_embedding_for(getattr(self, name), llm_table, config, freeze)
+            layer = llm_item_embedding_for(getattr(self, name), llm_table, settings, freeze)
             setattr(self, name, layer)
 
     def llm_item_embeddings(self):
