@@ -100,7 +100,7 @@ class Config(RecBoleConfig):
 
     def _set_default_parameters(self):
         check_run_settings(self.final_config_dict)
-        check_training_settings(self.final_config_dict, split_family_name(self.model)[0])
+        check_plugin_settings(self.final_config_dict, split_family_name(self.model)[0])
         super()._set_default_parameters()
         check_valid_metric(self.final_config_dict)
         self._keep_users_valid_metric_direction()
@@ -181,12 +181,17 @@ def command_line_options(argv):
 OPTIMIZERS = ("adam", "adamw", "sgd", "adagrad", "rmsprop", "sparse_adam")
 
 
-def check_training_settings(config, family):
-    """The settings of the plugin's families (``llm.settings``, ``trainer.settings``), built here
-    once so that a bad value is one error before the data is read."""
+def check_plugin_settings(config, family):
+    """The plugin's settings blocks (``item_group``, ``rerank``) and those of its families
+    (``llm.settings``, ``trainer.settings``), built here once so that a bad value is one error
+    before the data is read."""
+    from recbole_bifair.evaluator.groups import item_group_config
+    from recbole_bifair.evaluator.rerank import rerank_config
     from recbole_bifair.llm.settings import LLMLayerSettings
     from recbole_bifair.trainer.settings import GroupFairSettings, OuterLevelSettings
 
+    item_group_config(config)
+    rerank_config(config)
     if family is not None:
         LLMLayerSettings.from_config(config)
     if family in GROUP_FAIR_FAMILIES:

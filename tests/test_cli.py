@@ -257,6 +257,8 @@ def test_shared_weights_load_without_unpickling_objects(tiny, tmp_path):
     ("LLMGRU4Rec", {"projector_hidden": 0}, "projector_hidden must be a positive integer"),
     ("BiFairSASRec", {"llm_view": "triple"}, "llm_view must be one of"),
     ("VarRegSASRec", {"llm_freeze": "yes"}, "llm_freeze must be True or False"),
+    ("SASRec", {"item_group": {"by": "colour"}}, "item_group.by is 'colour'"),
+    ("SASRec", {"rerank": {"method": "exposure", "candidates": "many"}}, "rerank"),
 ])
 def test_bad_plugin_settings_fail_when_the_config_is_made(model, settings, message):
     """Before any data is read: the dataset named here does not exist."""

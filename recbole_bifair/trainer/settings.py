@@ -1,7 +1,7 @@
 """Typed settings of the group-aware training (``properties/model/GroupFair.yaml``) and of
 BiFair's outer level (``properties/model/BiFair.yaml``), each value checked once.
 
-The plugin's ``Config`` builds them when it is made (``config.check_training_settings``), so
+The plugin's ``Config`` builds them when it is made (``config.check_plugin_settings``), so
 a bad value stops a run before any data is loaded; the trainers build them again from the same
 config and read their settings from them only. The defaults are those YAML files'.
 """
