@@ -4,7 +4,7 @@ any data is read, and the models build their layers from them."""
 from dataclasses import dataclass
 from typing import Optional
 
-from recbole_bifair.config_values import choice, config_value, flag
+from recbole_bifair.config_values import choice, flag
 from recbole_bifair.llm.layer import DUAL_FUSIONS, ID_INITS, LLM_PREPROCESSING, LLM_VIEWS, check_projector
 
 
@@ -35,11 +35,11 @@ class LLMLayerSettings:
             view=choice(config, "llm_view", LLM_VIEWS),
             dual_fusion=choice(config, "dual_fusion", DUAL_FUSIONS),
             dual_id_init=choice(config, "dual_id_init", ID_INITS),
-            freeze=flag(config, "llm_freeze", default=True),
+            freeze=flag(config, "llm_freeze"),
             projector_layers=config["projector_layers"],
             projector_hidden=config["projector_hidden"],
             projector_activation=config["projector_activation"],
             projector_dropout=config["projector_dropout"],
-            projector_input_dropout=config_value(config, "projector_input_dropout", 0.0),
+            projector_input_dropout=config["projector_input_dropout"],
             projector_residual=flag(config, "projector_residual"),
         )

@@ -96,7 +96,7 @@ class OuterLevelSettings:
     @classmethod
     def from_config(cls, config):
         return cls(
-            enabled=flag(config, "bifair_outer", default=True),
+            enabled=flag(config, "bifair_outer"),
             llm_update=choice(config, "llm_update", LLM_UPDATES),
             every=positive_int(config, "outer_every"),
             learner=config["outer_learner"],
@@ -115,13 +115,13 @@ def hypergradient_settings(config):
         mode=choice(config, "hypergradient", HYPERGRADIENT_MODES),
         xi=number(config, "lookahead_lr", minimum=0.0, default=config["learning_rate"]),
         beta=number(config, "proximity_weight", minimum=0.0),
-        steps=positive_int(config, "lookahead_steps", default=1),
+        steps=positive_int(config, "lookahead_steps"),
         update=choice(config, "lookahead_update", LOOKAHEAD_UPDATES),
         truncate=None if truncate is None else positive_int(config, "lookahead_truncate"),
-        implicit_steps=positive_int(config, "implicit_steps", default=5),
-        implicit_lr=number(config, "implicit_lr", minimum=0.0, strictly_above=True, default=0.01),
+        implicit_steps=positive_int(config, "implicit_steps"),
+        implicit_lr=number(config, "implicit_lr", minimum=0.0, strictly_above=True),
         implicit_solver=choice(config, "implicit_solver", IMPLICIT_SOLVERS),
-        implicit_damping=number(config, "implicit_damping", minimum=0.0, default=0.0),
+        implicit_damping=number(config, "implicit_damping", minimum=0.0),
     )
     try:
         return HypergradientSettings(**settings)
