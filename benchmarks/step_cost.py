@@ -29,6 +29,12 @@ BIFAIR_VARIANTS = {
     "first_order": {"hypergradient": "first_order"},
     "finite_difference": {"hypergradient": "finite_difference"},
     "exact": {"hypergradient": "exact"},
+    # the bi-level step's controls and the look-aheads that see the inner level's response
+    "joint": {"llm_update": "joint"},
+    "alternating": {"lookahead_lr": 0},
+    "exact-adam1": {"hypergradient": "exact", "lookahead_update": "optimizer"},
+    "exact-adam3": {"hypergradient": "exact", "lookahead_update": "optimizer", "lookahead_steps": 3},
+    "implicit-neumann": {"hypergradient": "implicit", "implicit_solver": "neumann"},
 }
 
 
