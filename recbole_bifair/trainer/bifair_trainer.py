@@ -71,7 +71,7 @@ class BiFairTrainer(GroupFairTrainer):
         self._shared_index = [i for i, (_, p) in enumerate(self._inner_named) if id(p) in shared_ids]
 
     def _before_inner_step(self, previous, interaction, epoch_idx, step):
-        if self.outer.enabled and self.outer.llm_update == "outer" and previous is not None and step % self.outer.every == 0:
+        if self.outer.takes_outer_steps and previous is not None and step % self.outer.every == 0:
             self._outer_step(previous, interaction, epoch_idx, step)
 
     def _outer_step(self, lookahead_batch, meta_batch, epoch_idx, step):
@@ -144,7 +144,7 @@ class BiFairTrainer(GroupFairTrainer):
 
     @property
     def _joint(self):
-        return self.outer.enabled and self.outer.llm_update == "joint"
+        return self.outer.trains_jointly
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         self._epoch_diagnostics = []
@@ -169,7 +169,7 @@ class BiFairTrainer(GroupFairTrainer):
 
     def _balancers(self, in_use_only=False):
         balancers = super()._balancers(in_use_only)
-        outer_in_use = self.outer.enabled and self.outer.llm_update == "outer"
+        outer_in_use = self.outer.takes_outer_steps
         if self.outer_balancer is not None and (outer_in_use or not in_use_only):
             balancers["outer"] = self.outer_balancer
         return balancers

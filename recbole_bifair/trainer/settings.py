@@ -93,6 +93,16 @@ class OuterLevelSettings:
     diagnostic_every: int
     hypergradient: HypergradientSettings
 
+    @property
+    def takes_outer_steps(self):
+        """E is updated by the outer level's steps (not off, not the joint control)."""
+        return self.enabled and self.llm_update == "outer"
+
+    @property
+    def trains_jointly(self):
+        """The joint control: E takes the inner loss's gradient in the inner step."""
+        return self.enabled and self.llm_update == "joint"
+
     @classmethod
     def from_config(cls, config):
         return cls(
