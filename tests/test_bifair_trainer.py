@@ -72,7 +72,7 @@ def test_every_mode_and_balancer_trains(tiny, mode, balancer):
 
 @pytest.mark.parametrize("settings", [
     dict(hypergradient="exact", lookahead_steps=2, lookahead_update="optimizer"),
-    dict(hypergradient="exact", lookahead_steps=3, lookahead_truncate=1),
+    dict(hypergradient="exact", lookahead_steps=3, lookahead_truncate=1, lookahead_lr=None),
     dict(hypergradient="implicit", implicit_solver="neumann", implicit_steps=2),
     dict(hypergradient="implicit", implicit_solver="cg", implicit_steps=2),
 ])
@@ -89,17 +89,33 @@ def test_hypergradients_that_see_the_inner_response_train_and_report_their_share
 def test_first_order_diagnostic_does_not_change_training(tiny, deterministic):
     runs = []
     for every in (0, 1):
-        _, train_data, _, _, model, trainer = tiny(outer_every=1, epochs=1, hypergradient_diagnostic_every=every)
+        _, train_data, _, _, model, trainer = tiny(outer_every=1, epochs=1, hypergradient_diagnostic_every=every,
+                                                   lookahead_lr=None)
         trainer.fit(train_data, None, saved=False)
         runs.append((model.llm_parameters()[0].detach().clone(), trainer.diagnostics))
     assert torch.equal(runs[0][0], runs[1][0])
     assert runs[0][1] == [] and runs[1][1][0]["outer_steps"] == len(train_data) - 1
 
 
+def test_default_outer_step_takes_no_lookahead_and_moves_only_e(tiny):
+    """The default (``lookahead_lr: 0``) is the alternating scheme: the outer step never reads
+    its look-ahead batch, and it moves E only."""
+    _, train_data, _, _, model, trainer = tiny(outer_every=1)
+    assert trainer.hypergradient.lookahead_is_identity
+    trainer._set_up_groups(train_data)
+    model.train()
+    theta_before = [p.detach().clone() for _, p in trainer._inner_named]
+    e_before = model.llm_parameters()[0].detach().clone()
+    trainer._outer_step(None, next(iter(train_data)), 0, 1)
+    assert all(torch.equal(b, p) for b, (_, p) in zip(theta_before, trainer._inner_named))
+    assert not torch.equal(e_before, model.llm_parameters()[0])
+
+
 def test_first_order_diagnostic_sees_the_outer_balancer_as_the_step_did(tiny):
     """The exact hypergradient of the diagnostic weights the groups as the outer step it
     measures did: its copy of the outer balancer is taken before that step updated it."""
-    _, train_data, _, _, model, trainer = tiny(outer_every=1, balancer="dro", hypergradient_diagnostic_every=1)
+    _, train_data, _, _, model, trainer = tiny(outer_every=1, balancer="dro", hypergradient_diagnostic_every=1,
+                                               lookahead_lr=None)
     trainer._set_up_groups(train_data)
     model.train()
     batches = iter(train_data)
@@ -203,7 +219,7 @@ def test_second_order_share_from_a_saved_checkpoint_without_training(tmp_path, e
     from conftest import tiny_config
 
     result = run_recbole_bifair("BiFairSASRec", "tiny", config_dict=tiny_config(
-        tmp_path, llm_emb_cache_dir=embedding_cache, hypergradient_diagnostic_every=1, outer_every=1))
+        tmp_path, llm_emb_cache_dir=embedding_cache, hypergradient_diagnostic_every=1, outer_every=1, lookahead_lr=None))
     assert result["hypergradient_diagnostics"][0]["second_order_share"] > 0
     (model_file,) = list((tmp_path / "saved").glob("*.pth"))
     exact = hypergradient_diagnostic(str(model_file), n_batches=2)

@@ -1,5 +1,5 @@
 """The outer level's hypergradient: exact against numerical differentiation, finite
-differences against exact, first-order as the direct term; which parameters each level moves;
+differences against exact, first-order as the direct term, no look-ahead when its step is 0; which parameters each level moves;
 the look-ahead's inner loss is the inner step's loss for every inner weighting."""
 import pytest
 import torch
@@ -82,6 +82,21 @@ def test_first_order_is_the_direct_term(setting):
     value = (lam * losses).sum() / lam.sum() + BETA * (table - llm_init[0]).pow(2).sum()
     (direct,) = torch.autograd.grad(value, table)
     assert torch.allclose(first_order, direct, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["first_order", "finite_difference", "exact"])
+def test_zero_lookahead_step_is_the_direct_term_at_theta_without_a_lookahead(setting, mode):
+    objective, theta, llm, llm_init, _, meta_batch, n_groups = setting
+    problem = OuterProblem(objective, theta, llm, llm_init, UniformBalancer(n_groups),
+                           HypergradientSettings(mode=mode, xi=0.0, beta=BETA))
+    result = outer_hypergradient(problem, lookahead_batch=None, meta_batch=meta_batch)
+    table = llm[0].detach().requires_grad_()
+    losses, counts = objective.group_losses([t.detach() for t in theta], [table], meta_batch)
+    lam = (counts > 0).double()
+    value = (lam * losses).sum() / lam.sum() + BETA * (table - llm_init[0]).pow(2).sum()
+    (direct,) = torch.autograd.grad(value, table)
+    assert torch.allclose(result.grads[0], direct, rtol=1e-8, atol=1e-12)
+    assert result.second_order_share() == (None if mode == "first_order" else 0.0)
 
 
 def test_hypergradient_leaves_model_parameters_untouched(setting):

@@ -69,6 +69,12 @@ class HypergradientSettings:
             raise ValueError("hypergradient finite_difference takes one SGD look-ahead step: "
                              "set lookahead_steps: 1 and lookahead_update: sgd, or use exact.")
 
+    @property
+    def lookahead_is_identity(self):
+        """An SGD look-ahead with ``xi = 0`` leaves ``theta`` where it is: ``theta_k = theta``,
+        and the second-order part is 0 (the alternating scheme), so neither is computed."""
+        return self.mode != "implicit" and self.update == "sgd" and self.xi == 0
+
 
 @dataclass
 class Hypergradient:
@@ -246,7 +252,8 @@ def outer_hypergradient(problem, *, lookahead_batch, meta_batch):
     """:class:`Hypergradient` of ``F`` with respect to ``E``, in the method's order: the
     look-ahead ``theta_k`` on ``lookahead_batch``; the group losses on ``meta_batch`` at
     ``theta_k``; the outer balancer's update and weights; ``F``; its hypergradient (direct part
-    plus the second-order part through ``theta_k``). ``implicit`` replaces the look-ahead by the
+    plus the second-order part through ``theta_k``); with ``xi = 0`` there is no look-ahead
+    (``HypergradientSettings.lookahead_is_identity``). ``implicit`` replaces the look-ahead by the
     current ``theta`` and the second-order part by the implicit-function-theorem term, with its
     Hessian on ``lookahead_batch``."""
     settings = problem.settings
@@ -255,6 +262,11 @@ def outer_hypergradient(problem, *, lookahead_batch, meta_batch):
     llm = [e.detach().requires_grad_() for e in problem.llm]
     if settings.mode == "implicit":
         return _implicit_hypergradient(problem, theta, llm, lookahead_batch, meta_batch)
+    if settings.lookahead_is_identity:
+        value = outer_objective(problem, theta, llm, meta_batch)
+        direct = _detached(gradients(value, llm))
+        second = None if settings.mode == "first_order" else [torch.zeros_like(d) for d in direct]
+        return Hypergradient(direct, value.detach(), direct, second)
     lookahead_random_state = capture_random_state()
     theta_k = unrolled_lookahead(problem.objective, theta, llm, lookahead_batch, settings, update)
     theta_at = [t.detach().requires_grad_() for t in theta_k]  # F's own partials, at theta_k
