@@ -26,12 +26,13 @@ from recbole_bifair.quick_start import prepare_run
 
 BIFAIR_VARIANTS = {
     "outer off": {"bifair_outer": False},
-    "first_order": {"hypergradient": "first_order"},
-    "finite_difference": {"hypergradient": "finite_difference"},
-    "exact": {"hypergradient": "exact"},
+    # one SGD look-ahead step of learning_rate (lookahead_lr: ~), the default before it became 0
+    "first_order": {"hypergradient": "first_order", "lookahead_lr": None},
+    "finite_difference": {"hypergradient": "finite_difference", "lookahead_lr": None},
+    "exact": {"hypergradient": "exact", "lookahead_lr": None},
     # the bi-level step's controls and the look-aheads that see the inner level's response
     "joint": {"llm_update": "joint"},
-    "alternating": {"lookahead_lr": 0},
+    "alternating": {"lookahead_lr": 0},  # the default
     "exact-adam1": {"hypergradient": "exact", "lookahead_update": "optimizer"},
     "exact-adam3": {"hypergradient": "exact", "lookahead_update": "optimizer", "lookahead_steps": 3},
     "implicit-neumann": {"hypergradient": "implicit", "implicit_solver": "neumann"},

@@ -191,7 +191,9 @@ def hypergradient_diagnostic(model_file, n_batches=8, hypergradient="exact", **s
     cosine between the full hypergradient and its direct part, and the seconds one
     hypergradient took, for ``hypergradient`` (``exact``, ``implicit`` or ``finite_difference``)
     and any other setting of ``HypergradientSettings`` (``steps``, ``update``, ...). The inner
-    optimiser's state is the checkpoint's; the balancers start fresh (uniform-like weights)."""
+    optimiser's state is the checkpoint's; the balancers start fresh (uniform-like weights). A
+    checkpoint trained without a look-ahead (``lookahead_lr: 0``) is measured with one SGD step of
+    its ``learning_rate``: the share a look-ahead would add there."""
     import torch
 
     from recbole_bifair.quick_start import load_data_and_model
@@ -205,6 +207,8 @@ def hypergradient_diagnostic(model_file, n_batches=8, hypergradient="exact", **s
     if "optimizer" in checkpoint:  # lookahead_update: optimizer follows the trained Adam state
         trainer.optimizer.load_state_dict(checkpoint["optimizer"])
     settings = replace(trainer.hypergradient, mode=hypergradient, **settings)
+    if settings.lookahead_is_identity:
+        settings = replace(settings, xi=config["learning_rate"])
     model.train()
     shares, cosines, previous, seconds = [], [], None, 0.0
     for batch in train_data:
