@@ -196,7 +196,7 @@ def test_interrupted_benchmark_resumes_where_it_stopped(tmp_path, monkeypatch):
     spec = benchmark.load_spec(write_spec(str(tmp_path)), output_dir=str(tmp_path / "out"))
     calls = []
 
-    def stop_at_second_run(spec, plan, label="", verbose=False):
+    def stop_at_second_run(spec, plan, label="", verbose=False, fresh=False):
         calls.append(plan.run_id)
         if len(calls) == 2:
             raise KeyboardInterrupt
@@ -206,7 +206,7 @@ def test_interrupted_benchmark_resumes_where_it_stopped(tmp_path, monkeypatch):
     summary = benchmark.run_benchmark(spec)
     assert summary.interrupted and summary.executed == RUN_IDS[:1]
     calls.clear()
-    monkeypatch.setattr(runner_module, "execute_run", lambda spec, plan, label="", verbose=False:
+    monkeypatch.setattr(runner_module, "execute_run", lambda spec, plan, label="", verbose=False, fresh=False:
                         calls.append(plan.run_id) or fake_record(plan))
     summary = benchmark.run_benchmark(spec)
     assert calls == RUN_IDS[1:] and summary.skipped == RUN_IDS[:1]
@@ -214,6 +214,40 @@ def test_interrupted_benchmark_resumes_where_it_stopped(tmp_path, monkeypatch):
     benchmark.run_benchmark(benchmark.load_spec(write_spec(str(tmp_path)), output_dir=str(tmp_path / "out"),
                                                 overrides={"epochs": 2}))
     assert calls == RUN_IDS, "a changed config runs everything again"
+
+
+def _interrupt_mid_run(spec, plan, fingerprint):
+    """A checkpoint folder as an interrupted run of ``fingerprint`` leaves it: marked, with a
+    last checkpoint and its sidecar."""
+    folder = benchmark.checkpoint_dir(spec, plan)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, runner_module.CHECKPOINT_FINGERPRINT), "w", encoding="utf-8") as f:
+        f.write(fingerprint)
+    with open(os.path.join(folder, "Run-last.pth"), "wb") as f:
+        f.write(b"state")
+    with open(os.path.join(folder, "Run-last.json"), "w", encoding="utf-8") as f:
+        json.dump({"model": plan.entry.model, "dataset": plan.dataset, "checkpoint": "Run-last.pth"}, f)
+    return folder
+
+
+@pytest.mark.parametrize("fingerprint, fresh, resumes", [
+    ("same", False, True), ("same", True, False), ("other", False, False)])
+def test_interrupted_run_continues_from_its_last_checkpoint_only_under_the_same_plan(
+        tmp_path, monkeypatch, fingerprint, fresh, resumes):
+    spec = benchmark.load_spec(write_spec(str(tmp_path)), output_dir=str(tmp_path / "out"))
+    plan = benchmark.plan_runs(spec)[0]
+    folder = _interrupt_mid_run(spec, plan, plan.fingerprint if fingerprint == "same" else "0123456789abcdef")
+    seen = []
+
+    def child(request, *args):  # what the run process would find
+        seen.append((request["config"].get("resume"), os.path.exists(os.path.join(folder, "Run-last.pth")),
+                     open(os.path.join(folder, runner_module.CHECKPOINT_FINGERPRINT)).read()))
+        return 1, []
+
+    monkeypatch.setattr(runner_module, "stream_child", child)
+    record = runner_module.execute_run(spec, plan, fresh=fresh)
+    assert record["resumed"] is resumes
+    assert seen == [("last" if resumes else None, resumes, plan.fingerprint)]
 
 
 def test_spec_and_command_line_errors(tmp_path, capsys):

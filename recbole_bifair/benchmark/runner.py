@@ -23,6 +23,7 @@ from recbole_bifair.benchmark.spec import (checkpoint_dir, child_config, is_fini
 
 
 ANSI_CODES = re.compile(r"\x1b\[[0-9;]*m")
+CHECKPOINT_FINGERPRINT = "fingerprint.txt"  # in a run's checkpoint folder: the plan its checkpoints belong to
 PROGRESS_LINE = re.compile(r"(epoch \d+ (training|evaluating).*|Finished training.*|test result.*)")
 
 
@@ -54,7 +55,7 @@ def run_benchmark(spec, selected=None, force=False, verbose=False, command=""):
             for index, plan in enumerate(pending, start=1):
                 label = f"[{index}/{len(pending)}] {plan.dataset} {plan.entry.name} seed {plan.seed}"
                 logger.info(f"{label}: started ({_eta(started, index - 1, len(pending))})")
-                record = {**execute_run(spec, plan, label, verbose), **made_by}
+                record = {**execute_run(spec, plan, label, verbose, fresh=force), **made_by}
                 write_json_atomic(record_path(spec, plan), record)
                 summary.executed.append(plan.run_id)
                 if record["status"] != "ok":
@@ -96,8 +97,9 @@ def _duration(seconds):
     return str(datetime.timedelta(seconds=int(round(seconds))))
 
 
-def execute_run(spec, plan, label="", verbose=False):
-    """Run ``plan`` in a fresh process, streaming its progress lines; returns its record."""
+def execute_run(spec, plan, label="", verbose=False, fresh=False):
+    """Run ``plan`` in a fresh process, streaming its progress lines; returns its record. An
+    interrupted run of the same plan continues from its last checkpoint unless ``fresh``."""
     runs_dir = os.path.join(spec.output_dir, "runs")
     logs_dir = os.path.join(spec.output_dir, "logs")
     os.makedirs(runs_dir, exist_ok=True)
@@ -107,6 +109,10 @@ def execute_run(spec, plan, label="", verbose=False):
     _remove(outcome_path)
     request = {"model": plan.entry.model, "dataset": plan.dataset, "config": child_config(spec, plan),
                "outcome": os.path.abspath(outcome_path), "report_k": spec.report_k}
+    resumed = interrupted_run_to_resume(spec, plan, fresh)
+    if resumed:
+        request["config"]["resume"] = "last"
+        getLogger().info(f"{label}: continues from the last checkpoint of its interrupted run")
     started = time.perf_counter()
     try:
         returncode, tail = stream_child(request, log_path, label, verbose)
@@ -122,8 +128,38 @@ def execute_run(spec, plan, label="", verbose=False):
         "name": plan.entry.name, "model": plan.entry.model, "seed": plan.seed, "config": plan.config,
         **outcome, "returncode": returncode, "wall_seconds": time.perf_counter() - started,
         "finished_at": datetime.datetime.now().isoformat(timespec="seconds"),
-        "log": os.path.relpath(log_path, spec.output_dir),
+        "log": os.path.relpath(log_path, spec.output_dir), "resumed": resumed,
     }
+
+
+def interrupted_run_to_resume(spec, plan, fresh=False):
+    """Whether ``plan``'s checkpoint folder holds the last checkpoint of an interrupted run of
+    exactly ``plan`` (the fingerprint written there when that run started). Otherwise, or when
+    ``fresh``, the folder is emptied and marked for ``plan``, whose run then starts over."""
+    from recbole_bifair.errors import BiFairInputError
+    from recbole_bifair.trainer.resume import find_last_checkpoint
+
+    folder = checkpoint_dir(spec, plan)
+    marker = os.path.join(folder, CHECKPOINT_FINGERPRINT)
+    if not fresh and _read_text(marker) == plan.fingerprint:
+        try:
+            find_last_checkpoint(folder, plan.entry.model, plan.dataset)
+            return True
+        except BiFairInputError:
+            pass
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+    with open(marker, "w", encoding="utf-8") as file:
+        file.write(plan.fingerprint)
+    return False
+
+
+def _read_text(path):
+    try:
+        with open(path, encoding="utf-8") as file:
+            return file.read().strip()
+    except OSError:
+        return None
 
 
 def stream_child(request, log_path, label, verbose):
