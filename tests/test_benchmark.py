@@ -744,6 +744,36 @@ def test_a_killed_harness_stops_its_run_and_leaves_no_outcome_file(signal_name, 
             os.kill(pid, 9)
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find the run process")
+def test_a_run_interrupted_mid_way_continues_from_its_last_checkpoint(tmp_path):
+    import signal
+
+    spec = write_spec(str(tmp_path), models=[{"name": "SASRec", "model": "SASRec"}], seeds=[2020])
+    command = [sys.executable, "-m", "recbole_bifair.benchmark", spec, "--set", "epochs=4", "--set", "stopping_step=100"]
+    out, straight = str(tmp_path / "out"), str(tmp_path / "straight")
+    harness = subprocess.Popen(command + ["--output_dir", out], cwd=str(tmp_path),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        checkpoints = tmp_path / "out" / "checkpoints"
+        assert wait_until(lambda: list(checkpoints.glob("*/*-last.json")), 300), "no last checkpoint was saved"
+        harness.send_signal(signal.SIGTERM)
+        harness.wait(timeout=60)
+    finally:
+        harness.kill()
+        for pid in child_pids(harness.pid):
+            os.kill(pid, 9)
+    assert not list((tmp_path / "out" / "runs").glob("*.json")), "the interrupted run left a record"
+    for output_dir in (out, straight):
+        subprocess.run(command + ["--output_dir", output_dir], cwd=str(tmp_path), check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    (resumed,), (uninterrupted,) = (list((tmp_path / d / "runs").glob("*.json")) for d in ("out", "straight"))
+    resumed, uninterrupted = (json.loads(path.read_text()) for path in (resumed, uninterrupted))
+    assert resumed["resumed"] and not uninterrupted["resumed"]
+    assert resumed["epochs"] == uninterrupted["epochs"] == 4
+    assert resumed["test_result"] == pytest.approx(uninterrupted["test_result"], rel=1e-4)
+
+
 def test_run_control_defaults_do_not_make_finished_runs_stale():
     identity = benchmark.resolved_identity("BiFairSASRec", "ml-100k", {"epochs": 3})
     assert "resume" not in identity["config"]  # properties/overall.yaml has resume: ~
