@@ -223,8 +223,9 @@ def _interrupt_mid_run(spec, plan, fingerprint):
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, runner_module.CHECKPOINT_FINGERPRINT), "w", encoding="utf-8") as f:
         f.write(fingerprint)
-    with open(os.path.join(folder, "Run-last.pth"), "wb") as f:
-        f.write(b"state")
+    for name in ("Run-last.pth", "Run.pth"):
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(b"state")
     with open(os.path.join(folder, "Run-last.json"), "w", encoding="utf-8") as f:
         json.dump({"model": plan.entry.model, "dataset": plan.dataset, "checkpoint": "Run-last.pth"}, f)
     return folder
@@ -241,13 +242,14 @@ def test_interrupted_run_continues_from_its_last_checkpoint_only_under_the_same_
 
     def child(request, *args):  # what the run process would find
         seen.append((request["config"].get("resume"), os.path.exists(os.path.join(folder, "Run-last.pth")),
+                     os.path.exists(os.path.join(folder, "Run.pth")),
                      open(os.path.join(folder, runner_module.CHECKPOINT_FINGERPRINT)).read()))
         return 1, []
 
     monkeypatch.setattr(runner_module, "stream_child", child)
     record = runner_module.execute_run(spec, plan, fresh=fresh)
     assert record["resumed"] is resumes
-    assert seen == [("last" if resumes else None, resumes, plan.fingerprint)]
+    assert seen == [("last" if resumes else None, resumes, True, plan.fingerprint)]  # best checkpoints stay
 
 
 def test_spec_and_command_line_errors(tmp_path, capsys):

@@ -135,9 +135,10 @@ def execute_run(spec, plan, label="", verbose=False, fresh=False):
 def interrupted_run_to_resume(spec, plan, fresh=False):
     """Whether ``plan``'s checkpoint folder holds the last checkpoint of an interrupted run of
     exactly ``plan`` (the fingerprint written there when that run started). Otherwise, or when
-    ``fresh``, the folder is emptied and marked for ``plan``, whose run then starts over."""
+    ``fresh``, the run starts over: the last checkpoints there (the state of a run that will
+    not be continued) go, best checkpoints stay, and the folder is marked for ``plan``."""
     from recbole_bifair.errors import BiFairInputError
-    from recbole_bifair.trainer.resume import find_last_checkpoint
+    from recbole_bifair.trainer.resume import find_last_checkpoint, remove_last_checkpoints
 
     folder = checkpoint_dir(spec, plan)
     marker = os.path.join(folder, CHECKPOINT_FINGERPRINT)
@@ -147,8 +148,8 @@ def interrupted_run_to_resume(spec, plan, fresh=False):
             return True
         except BiFairInputError:
             pass
-    shutil.rmtree(folder, ignore_errors=True)
-    os.makedirs(folder)
+    remove_last_checkpoints(folder)
+    os.makedirs(folder, exist_ok=True)
     with open(marker, "w", encoding="utf-8") as file:
         file.write(plan.fingerprint)
     return False

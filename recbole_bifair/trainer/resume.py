@@ -107,6 +107,13 @@ def remove_last_checkpoint(trainer):
                 os.remove(leftover)
 
 
+def remove_last_checkpoints(checkpoint_dir):
+    """Remove every last checkpoint and sidecar in ``checkpoint_dir`` (best checkpoints stay)."""
+    for pattern in (f"*{LAST_SUFFIX}.pth", f"*{LAST_SUFFIX}.json"):
+        for path in glob.glob(os.path.join(checkpoint_dir, pattern)):
+            os.remove(path)
+
+
 def find_last_checkpoint(checkpoint_dir, model, dataset):
     """The newest last checkpoint of ``model`` on ``dataset`` in ``checkpoint_dir``, through the
     JSON sidecars."""
