@@ -222,7 +222,7 @@ def _interrupt_mid_run(spec, plan, fingerprint):
     folder = benchmark.checkpoint_dir(spec, plan)
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, runner_module.CHECKPOINT_FINGERPRINT), "w", encoding="utf-8") as f:
-        f.write(fingerprint)
+        json.dump({"fingerprint": fingerprint}, f)
     for name in ("Run-last.pth", "Run.pth"):
         with open(os.path.join(folder, name), "wb") as f:
             f.write(b"state")
@@ -243,7 +243,7 @@ def test_interrupted_run_continues_from_its_last_checkpoint_only_under_the_same_
     def child(request, *args):  # what the run process would find
         seen.append((request["config"].get("resume"), os.path.exists(os.path.join(folder, "Run-last.pth")),
                      os.path.exists(os.path.join(folder, "Run.pth")),
-                     open(os.path.join(folder, runner_module.CHECKPOINT_FINGERPRINT)).read()))
+                     json.load(open(os.path.join(folder, runner_module.CHECKPOINT_FINGERPRINT)))["fingerprint"]))
         return 1, []
 
     monkeypatch.setattr(runner_module, "stream_child", child)

@@ -23,7 +23,7 @@ from recbole_bifair.benchmark.spec import (checkpoint_dir, child_config, is_fini
 
 
 ANSI_CODES = re.compile(r"\x1b\[[0-9;]*m")
-CHECKPOINT_FINGERPRINT = "fingerprint.txt"  # in a run's checkpoint folder: the plan its checkpoints belong to
+CHECKPOINT_FINGERPRINT = "fingerprint.json"  # in a run's checkpoint folder: the plan its checkpoints belong to
 PROGRESS_LINE = re.compile(r"(epoch \d+ (training|evaluating).*|Finished training.*|test result.*)")
 
 
@@ -142,25 +142,15 @@ def interrupted_run_to_resume(spec, plan, fresh=False):
 
     folder = checkpoint_dir(spec, plan)
     marker = os.path.join(folder, CHECKPOINT_FINGERPRINT)
-    if not fresh and _read_text(marker) == plan.fingerprint:
+    if not fresh and (_read_json(marker) or {}).get("fingerprint") == plan.fingerprint:
         try:
             find_last_checkpoint(folder, plan.entry.model, plan.dataset)
             return True
         except BiFairInputError:
             pass
     remove_last_checkpoints(folder)
-    os.makedirs(folder, exist_ok=True)
-    with open(marker, "w", encoding="utf-8") as file:
-        file.write(plan.fingerprint)
+    write_json_atomic(marker, {"fingerprint": plan.fingerprint})
     return False
-
-
-def _read_text(path):
-    try:
-        with open(path, encoding="utf-8") as file:
-            return file.read().strip()
-    except OSError:
-        return None
 
 
 def stream_child(request, log_path, label, verbose):

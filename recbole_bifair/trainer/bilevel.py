@@ -263,17 +263,16 @@ def outer_hypergradient(problem, *, lookahead_batch, meta_batch):
     if settings.mode == "implicit":
         return _implicit_hypergradient(problem, theta, llm, lookahead_batch, meta_batch)
     if settings.lookahead_is_identity:
-        value = outer_objective(problem, theta, llm, meta_batch)
+        theta_k = theta
+    else:
+        lookahead_random_state = capture_random_state()
+        theta_k = unrolled_lookahead(problem.objective, theta, llm, lookahead_batch, settings, update)
+    theta_at = [t.detach().requires_grad_() for t in theta_k]  # F's own partials, at theta_k
+    value = outer_objective(problem, theta_at, llm, meta_batch)
+    if settings.mode == "first_order" or settings.lookahead_is_identity:
         direct = _detached(gradients(value, llm))
         second = None if settings.mode == "first_order" else [torch.zeros_like(d) for d in direct]
         return Hypergradient(direct, value.detach(), direct, second)
-    lookahead_random_state = capture_random_state()
-    theta_k = unrolled_lookahead(problem.objective, theta, llm, lookahead_batch, settings, update)
-    theta_at = [t.detach().requires_grad_() for t in theta_k]  # F's own partials, at theta_k
-    value = outer_objective(problem, theta_at, llm, meta_batch)
-    if settings.mode == "first_order":
-        direct = gradients(value, llm)
-        return Hypergradient(_detached(direct), value.detach(), _detached(direct))
     grads_at = gradients(value, llm + theta_at)
     direct, v = grads_at[: len(llm)], grads_at[len(llm):]
     if settings.mode == "exact":
