@@ -782,6 +782,22 @@ def test_run_control_defaults_do_not_make_finished_runs_stale():
     assert identity["config"]["epochs"] == 3 and "balancer_temperature" in identity["config"]
 
 
+def test_a_switched_off_term_is_not_part_of_a_runs_identity():
+    """Adding a setting that is off by default keeps the runs recorded before it; turning it on
+    makes a new run."""
+    off = benchmark.resolved_identity("BiFairSASRec", "ml-100k", {})
+    assert "outer_prior_weight" not in off["config"] and "outer_prior_temperature" not in off["config"]
+    off_other_temperature = benchmark.resolved_identity(
+        "BiFairSASRec", "ml-100k", {"outer_prior_weight": 0.0, "outer_prior_temperature": 0.5})
+    assert off_other_temperature == off
+    assert benchmark.resolved_identity("BiFairSASRec", "ml-100k", {"outer_prior_balancer": "softmax"}) == off
+    on = benchmark.resolved_identity("BiFairSASRec", "ml-100k", {"outer_prior_weight": 0.1})
+    assert on["config"]["outer_prior_weight"] == 0.1 and on["config"]["outer_prior_temperature"] == 0.1
+    assert "outer_prior_balancer" not in on["config"]  # ~: the outer level's weights, as before it existed
+    own = benchmark.resolved_identity("BiFairSASRec", "ml-100k", {"outer_prior_weight": 0.1, "outer_prior_balancer": "dro"})
+    assert own["config"]["outer_prior_balancer"] == "dro"
+
+
 @pytest.mark.slow
 def test_the_run_process_loads_no_report_code():
     """What ``python -m recbole_bifair.benchmark --run`` imports besides the plugin itself: not the

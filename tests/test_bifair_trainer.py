@@ -86,11 +86,13 @@ def test_hypergradients_that_see_the_inner_response_train_and_report_their_share
     assert entry["second_order_share"] > 0 and -1 <= entry["cosine_to_direct"] <= 1
 
 
-def test_first_order_diagnostic_does_not_change_training(tiny, deterministic):
+@pytest.mark.parametrize("settings", [{"lookahead_lr": None},
+                                      {"outer_prior_weight": 1.0, "outer_prior_balancer": "softmax"}])
+def test_first_order_diagnostic_does_not_change_training(tiny, deterministic, settings):
     runs = []
     for every in (0, 1):
         _, train_data, _, _, model, trainer = tiny(outer_every=1, epochs=1, hypergradient_diagnostic_every=every,
-                                                   lookahead_lr=None)
+                                                   **settings)
         trainer.fit(train_data, None, saved=False)
         runs.append((model.llm_parameters()[0].detach().clone(), trainer.diagnostics))
     assert torch.equal(runs[0][0], runs[1][0])
@@ -122,9 +124,9 @@ def test_first_order_diagnostic_sees_the_outer_balancer_as_the_step_did(tiny):
     first, second = next(batches), next(batches)
     seen, hypergradient = [], trainer._hypergradient
 
-    def spy(train_batch, meta_batch, settings, outer_balancer):
+    def spy(train_batch, meta_batch, settings, outer_balancer, prior_term):
         seen.append((settings.mode, outer_balancer.state_dict()["q"].clone()))
-        return hypergradient(train_batch, meta_batch, settings, outer_balancer)
+        return hypergradient(train_batch, meta_batch, settings, outer_balancer, prior_term)
 
     trainer._hypergradient = spy
     trainer._outer_step(first, second, 0, 1)

@@ -1,11 +1,12 @@
 """The outer level's hypergradient: exact against numerical differentiation, finite
 differences against exact, first-order as the direct term, no look-ahead when its step is 0; which parameters each level moves;
-the look-ahead's inner loss is the inner step's loss for every inner weighting."""
+the look-ahead's inner loss is the inner step's loss for every inner weighting; the prior-unfairness term."""
 import pytest
 import torch
 
 from recbole_bifair.trainer.balancer import UniformBalancer
 from recbole_bifair.trainer.bilevel import HypergradientSettings, OuterProblem, outer_hypergradient
+from recbole_bifair.trainer.losses import group_mean_losses, weighted_group_loss
 
 NO_DROPOUT = dict(hidden_dropout_prob=0.0, attn_dropout_prob=0.0, projector_dropout=0.0)
 XI, BETA = 0.5, 0.01
@@ -97,6 +98,38 @@ def test_zero_lookahead_step_is_the_direct_term_at_theta_without_a_lookahead(set
     (direct,) = torch.autograd.grad(value, table)
     assert torch.allclose(result.grads[0], direct, rtol=1e-8, atol=1e-12)
     assert result.second_order_share() == (None if mode == "first_order" else 0.0)
+
+
+@pytest.mark.parametrize("own_balancer", [False, True])
+def test_prior_term_adds_its_group_weighted_gradient_to_the_direct_part(tiny, own_balancer):
+    """The term's group weights are the outer balancer's (uniform here), or, with a balancer of
+    its own, a softmax over the term's own group losses."""
+    own = {"outer_prior_balancer": "softmax", "balancer_temperature": 0.5} if own_balancer else {}
+    _, train_data, _, _, model, trainer = tiny(train_batch_size=64, balancer="uniform", outer_prior_weight=0.5,
+                                               outer_prior_temperature=0.2, **own, **NO_DROPOUT)
+    trainer._set_up_groups(train_data)
+    model.double()
+    batches = iter(train_data)
+    lookahead_batch, meta_batch = next(batches), next(batches)
+    prior = trainer.prior_term
+    with_prior = trainer._hypergradient(lookahead_batch, meta_batch, trainer.hypergradient, trainer.outer_balancer, prior)
+    without = trainer._hypergradient(lookahead_batch, meta_batch, trainer.hypergradient, trainer.outer_balancer, None)
+
+    table = trainer._llm_named[0][1].detach().requires_grad_()
+    losses, items = prior.loss.example_losses(table, meta_batch)
+    group_losses, counts = group_mean_losses(losses, trainer._item_group[items], trainer.item_groups.n_groups)
+    present = counts > 0
+    weights = present.double()
+    if own_balancer:
+        assert trainer._balancers()["prior"] is prior.balancer
+        filled = torch.where(present, group_losses.detach(), group_losses.detach()[present].mean())
+        expected = torch.softmax(filled / 0.5, dim=0)  # the first update: the EMA is the batch's losses
+        torch.testing.assert_close(prior.balancer.weights().double(), expected, rtol=1e-5, atol=1e-7)
+        assert expected[present].max() / expected[present].min() > 1.01  # not the uniform outer weights
+        weights = prior.balancer.weights()  # float32, as the balancer keeps them
+    (prior_grad,) = torch.autograd.grad(0.5 * weighted_group_loss(group_losses, counts, weights), table)
+    assert prior_grad.norm() > 1e-3 * without.grads[0].norm()
+    torch.testing.assert_close(with_prior.grads[0], without.grads[0] + prior_grad, rtol=1e-8, atol=1e-12)
 
 
 def test_hypergradient_leaves_model_parameters_untouched(setting):

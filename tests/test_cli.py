@@ -251,6 +251,9 @@ def test_shared_weights_load_without_unpickling_objects(tiny, tmp_path):
     ("BiFairSASRec", {"balancer_temperature": 0}, "balancer_temperature must be > 0"),
     ("BiFairSASRec", {"outer_balancer": "fancy"}, "Unknown balancer 'fancy'"),
     ("BiFairSASRec", {"hypergradient": "second"}, "hypergradient must be one of"),
+    ("BiFairSASRec", {"outer_prior_weight": -0.5}, "outer_prior_weight must be >= 0"),
+    ("BiFairSASRec", {"outer_prior_temperature": 0}, "outer_prior_temperature must be > 0"),
+    ("BiFairSASRec", {"outer_prior_balancer": "fancy"}, "Unknown balancer 'fancy'"),
     ("GroupDROSASRec", {"dro_step_size": -1}, "dro_step_size must be > 0"),
     ("IPSSASRec", {"inner_weighting": "all"}, "inner_weighting must be one of"),
     ("LLMSASRec", {"projector_dropout": 1.5}, r"projector_dropout must be a number in \[0, 1\)"),
@@ -266,3 +269,15 @@ def test_bad_plugin_settings_fail_when_the_config_is_made(model, settings, messa
 
     with pytest.raises(BiFairInputError, match=message):
         Config(model=model, dataset="no-such-dataset", config_dict=settings)
+
+
+def test_a_model_file_sets_one_family_on_one_backbone_under_the_users_settings():
+    """``properties/model/BiFairGRU4Rec.yaml`` (T = 2, chosen on valid) applies to that model only,
+    and a user's setting still wins."""
+    from recbole_bifair.config import Config
+
+    temperature = {model: Config(model=model, dataset="ml-100k")["balancer_temperature"]
+                   for model in ("BiFairGRU4Rec", "BiFairSASRec", "GroupDROGRU4Rec")}
+    assert temperature == {"BiFairGRU4Rec": 2.0, "BiFairSASRec": 1.0, "GroupDROGRU4Rec": 1.0}
+    users = Config(model="BiFairGRU4Rec", dataset="ml-100k", config_dict={"balancer_temperature": 0.5})
+    assert users["balancer_temperature"] == 0.5

@@ -12,7 +12,8 @@ def test_shipped_bifair_space_covers_the_fairness_knobs():
     params = {p.name: p for p in hyper.read_search_space(hyper.default_params_file("BiFairSASRec"))}
     assert set(params) == {"balancer", "balancer_temperature", "outer_learning_rate", "proximity_weight", "outer_every",
                            "llm_view", "dual_fusion", "llm_preprocess", "projector_input_dropout",
-                           "hypergradient", "lookahead_update", "lookahead_lr", "lookahead_steps"}
+                           "hypergradient", "lookahead_update", "lookahead_lr", "lookahead_steps",
+                           "outer_prior_weight"}
     assert params["llm_view"].values == ("llm", "dual")
     assert params["balancer"].values == ("softmax", "mgda", "dro")
     assert params["outer_learning_rate"].kind == "loguniform"

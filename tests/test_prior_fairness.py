@@ -11,6 +11,7 @@ from recbole.utils import ModelType
 from conftest import tiny_config
 from recbole_bifair.errors import BiFairInputError
 from recbole_bifair.evaluator import CosineRecommender, prior_fairness
+from recbole_bifair.evaluator.prior import PriorLoss
 
 FIELDS = {"USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "LIST_SUFFIX": "_list",
           "ITEM_LIST_LENGTH_FIELD": "item_length"}
@@ -50,6 +51,33 @@ def test_cosine_scores_match_a_hand_computation():
     torch.testing.assert_close(general.full_sort_predict(users), torch.tensor(expected))
     with pytest.raises(BiFairInputError, match="train_data"):
         CosineRecommender(torch.tensor(TABLE), {**FIELDS, "MODEL_TYPE": ModelType.GENERAL}, False)
+
+
+@pytest.mark.parametrize("model_type", [ModelType.SEQUENTIAL, ModelType.GENERAL])
+def test_prior_loss_is_the_cosine_recommenders_cross_entropy_and_moves_the_table(model_type):
+    """The outer level's prior term: per example, cross-entropy of the cosine recommender's
+    scores / temperature at the example's item, padding never a candidate; differentiable in E."""
+    config = {**FIELDS, "MODEL_TYPE": model_type}
+    table = torch.tensor(TABLE, requires_grad=True)
+    if model_type == ModelType.SEQUENTIAL:
+        rows = Interaction({"item_id_list": torch.tensor([[1, 2, 0], [3, 0, 0]]),
+                            "item_length": torch.tensor([2, 1]), "item_id": torch.tensor([3, 4])})
+        recommender = CosineRecommender(table, config, True)
+        loss = PriorLoss(config, temperature=0.5)
+    else:
+        history = (torch.tensor([0, 0, 1]), torch.tensor([1, 2, 3]))
+        rows = Interaction({"user_id": torch.tensor([0, 1]), "item_id": torch.tensor([3, 4])})
+        recommender = CosineRecommender(table, config, False, history=history, n_users=2)
+        dataset = type("Train", (), {"inter_feat": {"user_id": history[0], "item_id": history[1]},
+                                     "user_num": 2, "item_num": len(TABLE)})()
+        loss = PriorLoss(config, temperature=0.5, train_dataset=dataset)
+    losses, items = loss.example_losses(table, rows)
+    scores = recommender.full_sort_predict(rows) / 0.5
+    log_softmax = torch.log_softmax(scores[:, 1:], dim=1)  # items 1..4: padding excluded
+    expected = -log_softmax[torch.arange(2), items - 1]
+    torch.testing.assert_close(losses, expected)
+    losses.sum().backward()
+    assert table.grad[1:].abs().sum() > 0 and table.grad[0].abs().sum() == 0
 
 
 def hand_metrics_at_10(table, config, train_data, test_data):

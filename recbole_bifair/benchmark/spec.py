@@ -230,6 +230,11 @@ def plan_run(spec, dataset, seed, entry):
 # Keys that say how a run is carried out, not what it computes: a default added for them does not
 # make finished runs stale.
 RUN_CONTROL_KEYS = ("resume",)
+# Settings that change nothing at the value given here (a term switched off), each with the keys
+# that only matter when it is on: at that value they are left out of a run's identity, so adding
+# such a setting keeps the runs recorded before it.
+INERT_SETTINGS = {"outer_prior_weight": (0.0, ("outer_prior_temperature", "outer_prior_balancer")),
+                  "outer_prior_balancer": (None, ())}
 
 
 def resolved_identity(model, dataset, config):
@@ -250,8 +255,17 @@ def resolved_identity(model, dataset, config):
             defaults.update(yaml.safe_load(file) or {})
     for key in RUN_CONTROL_KEYS:
         defaults.pop(key, None)
-    return {"config": {**defaults, **config},
+    return {"config": _without_inert_settings({**defaults, **config}),
             "versions": {"recbole_bifair": recbole_bifair.__version__, "recbole": recbole.__version__}}
+
+
+def _without_inert_settings(config):
+    config = dict(config)
+    for key, (inert_value, dependents) in INERT_SETTINGS.items():
+        if key in config and config[key] == inert_value:
+            for name in (key, *dependents):
+                config.pop(name, None)
+    return config
 
 
 def _safe(text):

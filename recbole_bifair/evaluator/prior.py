@@ -33,6 +33,33 @@ TABLES = ("E0", "E")
 REPORT_TITLE = "prior fairness (cosine recommender over E0 / learned E)"
 
 
+def sequence_means(table, seq, seq_len):
+    """[batch, d]: the mean of ``table``'s rows of each item sequence's first ``seq_len`` items
+    (padding 0, and ids beyond the table, ignored)."""
+    seq = seq.long()
+    positions = torch.arange(seq.shape[1], device=seq.device).unsqueeze(0)
+    n_rows = table.shape[0]
+    keep = (seq > 0) & (seq < n_rows)
+    keep &= positions < seq_len.unsqueeze(1)
+    rows = table[seq.clamp(max=n_rows - 1)] * keep.unsqueeze(-1).to(table.dtype)
+    return rows.sum(dim=1) / keep.sum(dim=1, keepdim=True).clamp(min=1).to(table.dtype)
+
+
+def history_matrix(history, n_users, n_items):
+    """The sparse ``[n_users, n_items]`` matrix whose row u averages u's items in ``history``
+    (``(user_ids, item_ids)``; each interaction counts once); a user without history has an
+    empty row. ``matrix @ table`` is then every user's mean history vector."""
+    users, items = (torch.as_tensor(ids).long().cpu() for ids in history)
+    counts = torch.bincount(users, minlength=n_users).clamp(min=1)
+    values = 1.0 / counts[users].float()
+    return torch.sparse_coo_tensor(torch.stack([users, items]), values, (n_users, n_items)).coalesce()
+
+
+def history_means(table, matrix):
+    """[n_users, d]: each user's mean history row of ``table`` (``matrix``: :func:`history_matrix`)."""
+    return torch.sparse.mm(matrix.to(device=table.device, dtype=table.dtype), table)
+
+
 class CosineRecommender(nn.Module):
     """A recommender with no training over an item table ``[n_items, d]`` (row 0 = padding).
     ``score(u, i) = cos(mean of the rows of u's history, table[i])``.
@@ -60,10 +87,7 @@ class CosineRecommender(nn.Module):
             raise BiFairInputError(
                 "The cosine recommender of a general model needs the users' history: pass train_data."
             )
-        users, items = (torch.as_tensor(ids, device=table.device).long() for ids in history)
-        sums = table.new_zeros(n_users, table.shape[1]).index_add_(0, users, table[items])
-        counts = torch.bincount(users, minlength=n_users).clamp(min=1).unsqueeze(1)
-        self.register_buffer("user_vectors", sums / counts)
+        self.register_buffer("user_vectors", history_means(table, history_matrix(history, n_users, table.shape[0])))
 
     @classmethod
     def for_run(cls, table, config, train_dataset=None):
@@ -81,13 +105,7 @@ class CosineRecommender(nn.Module):
         """[batch, d] mean of the history rows of each interaction row."""
         if not self.sequential:
             return self.user_vectors[interaction[self.USER_ID].long()]
-        seq = interaction[self.ITEM_SEQ].long()
-        positions = torch.arange(seq.shape[1], device=seq.device).unsqueeze(0)
-        n_rows = self.table.shape[0]
-        keep = (seq > 0) & (seq < n_rows)  # padding (and rows that are no items) ignored
-        keep &= positions < interaction[self.ITEM_SEQ_LEN].unsqueeze(1)
-        rows = self.table[seq.clamp(max=n_rows - 1)] * keep.unsqueeze(-1)
-        return rows.sum(dim=1) / keep.sum(dim=1, keepdim=True).clamp(min=1)
+        return sequence_means(self.table, interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
 
     def full_sort_predict(self, interaction):
         """[batch, n_items] cosine scores of every item."""
@@ -98,6 +116,49 @@ class CosineRecommender(nn.Module):
         """[batch] cosine score of each row's item (sampled evaluation)."""
         users = F.normalize(self.user_vectors_of(interaction), dim=1)
         return (users * self.unit_table[interaction[self.ITEM_ID].long()]).sum(dim=1)
+
+
+class PriorLoss:
+    """The cosine recommender's training loss, differentiable in the table: BiFair's
+    prior-unfairness term of the outer objective (``outer_prior_weight``) [ours].
+
+    Per example, the cross-entropy of ``softmax(cos(user, E_i) / temperature)`` over the items
+    (padding excluded) at the example's item: the next item of a sequence, or a general model's
+    item with the user's training history. The user vector is the cosine recommender's (the
+    mean of the history's rows), computed from the table given, so the loss's gradient moves
+    ``E`` itself towards a table whose recommender serves the item groups the outer weights favour.
+    """
+
+    def __init__(self, config, temperature, train_dataset=None):
+        self.temperature = temperature
+        self.sequential = config["MODEL_TYPE"] == ModelType.SEQUENTIAL
+        self.USER_ID = config["USER_ID_FIELD"]
+        self.ITEM_ID = config["ITEM_ID_FIELD"]
+        if self.sequential:
+            self.ITEM_SEQ = self.ITEM_ID + config["LIST_SUFFIX"]
+            self.ITEM_SEQ_LEN = config["ITEM_LIST_LENGTH_FIELD"]
+            return
+        if train_dataset is None:
+            raise BiFairInputError("The prior loss of a general model needs the training split's history.")
+        inter = train_dataset.inter_feat
+        history = (inter[self.USER_ID], inter[self.ITEM_ID])
+        self.history = history_matrix(history, train_dataset.user_num, train_dataset.item_num)
+
+    def user_vectors(self, table, interaction):
+        if self.sequential:
+            return sequence_means(table, interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        self.history = self.history.to(device=table.device, dtype=table.dtype)  # once, then a no-op
+        return history_means(table, self.history)[interaction[self.USER_ID].long()]
+
+    def example_losses(self, table, interaction):
+        """``(losses [batch], items [batch])`` of the cosine recommender over ``table``."""
+        users = F.normalize(self.user_vectors(table, interaction), dim=1)
+        scores = users @ F.normalize(table, dim=1).t() / self.temperature
+        padding = torch.zeros(table.shape[0], dtype=torch.bool, device=table.device)
+        padding[0] = True
+        items = interaction[self.ITEM_ID].long()
+        losses = F.cross_entropy(scores.masked_fill(padding, float("-inf")), items, reduction="none")
+        return losses, items
 
 
 def evaluate_table(table, trainer, eval_data, train_data=None, show_progress=False):

@@ -20,8 +20,10 @@ from torch.nn.utils import clip_grad_norm_
 
 from recbole_bifair import distributed
 from recbole_bifair.errors import BiFairInputError
+from recbole_bifair.evaluator.prior import PriorLoss
 from recbole_bifair.trainer.bilevel import (
-    LookAheadObjective, OuterProblem, capture_random_state, outer_hypergradient, restore_random_state,
+    LookAheadObjective, OuterProblem, PriorTerm, capture_random_state, outer_hypergradient,
+    restore_random_state,
 )
 from recbole_bifair.trainer.group_fair_trainer import GroupFairTrainer
 from recbole_bifair.trainer.settings import OuterLevelSettings
@@ -50,6 +52,7 @@ class BiFairTrainer(GroupFairTrainer):
         )
         self.outer_balancer = None
         self.objective = None
+        self.prior_term = None
 
     def _set_up_groups(self, train_data):
         """Adds the outer balancer and the look-ahead objective to the inner level's set-up."""
@@ -69,6 +72,15 @@ class BiFairTrainer(GroupFairTrainer):
         )
         shared_ids = {id(p) for p in self._mgda_shared_parameters()}
         self._shared_index = [i for i, (_, p) in enumerate(self._inner_named) if id(p) in shared_ids]
+        self.prior_term = self._build_prior_term(train_data)
+
+    def _build_prior_term(self, train_data):
+        """F's prior-unfairness term (``outer_prior_weight`` > 0), else None."""
+        if not self.outer.prior_weight:
+            return None
+        loss = PriorLoss(self.config, self.outer.prior_temperature, train_data._dataset)
+        balancer = None if self.outer.prior_balancer is None else self._build_balancer(self.outer.prior_balancer)
+        return PriorTerm(loss, self.outer.prior_weight, self._item_group, self.item_groups.n_groups, balancer)
 
     def _before_inner_step(self, previous, interaction, epoch_idx, step):
         if self.outer.takes_outer_steps and previous is not None and step % self.outer.every == 0:
@@ -80,14 +92,22 @@ class BiFairTrainer(GroupFairTrainer):
         then the outer optimiser's step."""
         due = (self.hypergradient.mode == "first_order" and self.outer.diagnostic_every
                and self._outer_steps % self.outer.diagnostic_every == 0)
-        balancer_before = copy.deepcopy(self.outer_balancer) if due else None  # as this step sees it
-        result = self._hypergradient(lookahead_batch, meta_batch, self.hypergradient, self.outer_balancer)
+        weights_before = self._group_weighting_copy() if due else None  # as this step sees it
+        result = self._hypergradient(lookahead_batch, meta_batch, self.hypergradient, self.outer_balancer, self.prior_term)
         self._check_finite(result.value, "outer", epoch_idx, step)
-        self._record_diagnostic(result, lookahead_batch, meta_batch, balancer_before)
+        self._record_diagnostic(result, lookahead_batch, meta_batch, weights_before)
         self._outer_steps += 1
         self._apply_to_llm_tables(result.grads)
 
-    def _hypergradient(self, lookahead_batch, meta_batch, settings, outer_balancer):
+    def _group_weighting_copy(self):
+        """Copies of what an outer step updates besides E, the outer balancer and the prior
+        term's balancer, for a hypergradient that must not change training."""
+        prior = self.prior_term
+        if prior is not None and prior.balancer is not None:
+            prior = replace(prior, balancer=copy.deepcopy(prior.balancer))
+        return copy.deepcopy(self.outer_balancer), prior
+
+    def _hypergradient(self, lookahead_batch, meta_batch, settings, outer_balancer, prior_term):
         problem = OuterProblem(
             objective=self.objective,
             theta=[p for _, p in self._inner_named],
@@ -97,20 +117,21 @@ class BiFairTrainer(GroupFairTrainer):
             settings=settings,
             optimizer=self.optimizer,
             shared=tuple(self._shared_index),
+            prior=prior_term,
         )
         return outer_hypergradient(problem, lookahead_batch=lookahead_batch, meta_batch=meta_batch)
 
-    def _record_diagnostic(self, result, lookahead_batch, meta_batch, balancer_before=None):
+    def _record_diagnostic(self, result, lookahead_batch, meta_batch, weights_before=None):
         """The second-order share of this step's hypergradient; a ``first_order`` run computes
         the ``exact`` one's split every ``hypergradient_diagnostic_every`` outer steps, on
-        ``balancer_before``, a copy of the outer balancer taken before this step updated it
+        ``weights_before``, copies of the balancers taken before this step updated them
         (so both see the same group weights), without using it."""
         if result.second_order is None:
-            if balancer_before is None:
+            if weights_before is None:
                 return
             settings = replace(self.hypergradient, mode="exact")
             training_random_state = capture_random_state()  # the diagnostic must not change training
-            result = self._hypergradient(lookahead_batch, meta_batch, settings, balancer_before)
+            result = self._hypergradient(lookahead_batch, meta_batch, settings, *weights_before)
             restore_random_state(training_random_state)
         self._epoch_diagnostics.append((result.second_order_share(), result.cosine_to_direct()))
 
@@ -172,6 +193,8 @@ class BiFairTrainer(GroupFairTrainer):
         outer_in_use = self.outer.takes_outer_steps
         if self.outer_balancer is not None and (outer_in_use or not in_use_only):
             balancers["outer"] = self.outer_balancer
+        if self.prior_term is not None and self.prior_term.balancer is not None and (outer_in_use or not in_use_only):
+            balancers["prior"] = self.prior_term.balancer
         return balancers
 
     def _training_state(self):
@@ -215,7 +238,7 @@ def hypergradient_diagnostic(model_file, n_batches=8, hypergradient="exact", **s
         batch = batch.to(trainer.device)
         if previous is not None:
             started = time.perf_counter()
-            result = trainer._hypergradient(previous, batch, settings, copy.deepcopy(trainer.outer_balancer))
+            result = trainer._hypergradient(previous, batch, settings, *trainer._group_weighting_copy())
             seconds += time.perf_counter() - started
             shares.append(result.second_order_share())
             cosines.append(result.cosine_to_direct())

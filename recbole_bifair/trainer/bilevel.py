@@ -6,7 +6,11 @@ code is not public; this project was built from its abstract and public summarie
 the outer balancer's weights and ``B_meta`` a batch the inner level has not used:
 
     F(E)    = sum_g lambda_g L_g(E, theta*(E); B_meta) / sum_g lambda_g  +  beta * ||E - E0||^2
+              [+ mu * sum_g lambda_g L^prior_g(E; B_meta) / sum_g lambda_g]   (outer_prior_weight mu)
     dF/dE   = d_E F  +  (d theta* / dE)^T . d_theta F          (direct part + second-order part)
+
+``L^prior`` (:class:`PriorTerm`, off by default) is the loss of the prior-fairness report's
+cosine recommender over ``E`` alone, so ``F`` can also target the prior unfairness of ``E``.
 
 ``theta*(E)`` is the inner level's answer to ``E``, approximated in one of two ways:
 - a look-ahead (DARTS / MAML style): ``theta_k`` after ``lookahead_steps`` inner updates of
@@ -235,8 +239,9 @@ class OuterProblem:
     """What an outer step works on: the ``objective``; ``theta`` (projector and backbone) and
     ``llm`` (``E``), the current parameter tensors, which it does not modify; ``llm_init``
     (``E0``); the outer ``balancer``; the hypergradient ``settings``; the inner ``optimizer``,
-    whose live state ``lookahead_update: optimizer`` follows; and ``shared``, the entries of
-    ``theta`` an MGDA balancer compares the group gradients over."""
+    whose live state ``lookahead_update: optimizer`` follows; ``shared``, the entries of
+    ``theta`` an MGDA balancer compares the group gradients over; and ``prior``, the optional
+    prior-unfairness term of ``F``."""
 
     objective: LookAheadObjective
     theta: List[torch.Tensor]
@@ -246,6 +251,7 @@ class OuterProblem:
     settings: HypergradientSettings
     optimizer: Optional[torch.optim.Optimizer] = None
     shared: tuple = ()
+    prior: Optional["PriorTerm"] = None
 
 
 def outer_hypergradient(problem, *, lookahead_batch, meta_batch):
@@ -295,7 +301,39 @@ def outer_objective(problem, theta, llm, meta_batch):
     )
     problem.balancer.update(meta_losses.detach(), meta_counts, group_gradients)
     lambdas = problem.balancer.weights().to(meta_losses.device)
-    return weighted_group_loss(meta_losses, meta_counts, lambdas) + proximity(llm, problem.llm_init, problem.settings.beta)
+    value = weighted_group_loss(meta_losses, meta_counts, lambdas) + proximity(llm, problem.llm_init, problem.settings.beta)
+    if problem.prior is not None:
+        value = value + problem.prior(llm, meta_batch, lambdas)
+    return value
+
+
+@dataclass
+class PriorTerm:
+    """``weight * sum_tables sum_g w_g L^prior_g(E)``: the outer objective's prior-unfairness
+    term [ours]. ``loss`` gives per-example losses of a table on a batch
+    (``evaluator.prior.PriorLoss``: the prior-fairness report's cosine recommender); they are
+    grouped by ``item_group`` and weighted by ``balancer``'s weights, a balancer of the term's
+    own that follows its group losses, or, without one, by the outer balancer's ``lambda``
+    (from the model's group losses). It depends on ``E`` only, so it adds to the
+    hypergradient's direct part."""
+
+    loss: object
+    weight: float
+    item_group: torch.Tensor
+    n_groups: int
+    balancer: object = None
+
+    def __call__(self, llm, batch, lambdas):
+        grouped = [self._group_losses(table, batch) for table in llm]
+        if self.balancer is not None:
+            mean_losses = torch.stack([losses.detach() for losses, _ in grouped]).mean(dim=0)
+            self.balancer.update(mean_losses, grouped[0][1])
+            lambdas = self.balancer.weights().to(mean_losses.device)
+        return self.weight * sum(weighted_group_loss(losses, counts, lambdas) for losses, counts in grouped)
+
+    def _group_losses(self, table, batch):
+        losses, items = self.loss.example_losses(table, batch)
+        return group_mean_losses(losses, self.item_group[items], self.n_groups)
 
 
 def _implicit_hypergradient(problem, theta, llm, hessian_batch, meta_batch):

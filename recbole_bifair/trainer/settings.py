@@ -92,6 +92,9 @@ class OuterLevelSettings:
     balancer: BalancerSettings
     diagnostic_every: int
     hypergradient: HypergradientSettings
+    prior_weight: float
+    prior_temperature: float
+    prior_balancer: Optional[BalancerSettings]
 
     @property
     def takes_outer_steps(self):
@@ -114,6 +117,10 @@ class OuterLevelSettings:
             balancer=BalancerSettings.from_config(config, config["outer_balancer"] or config["balancer"]),
             diagnostic_every=non_negative_int(config, "hypergradient_diagnostic_every"),
             hypergradient=hypergradient_settings(config),
+            prior_weight=number(config, "outer_prior_weight", minimum=0.0),
+            prior_temperature=number(config, "outer_prior_temperature", minimum=0.0, strictly_above=True),
+            prior_balancer=(None if config["outer_prior_balancer"] is None
+                            else BalancerSettings.from_config(config, config["outer_prior_balancer"])),
         )
 
 
