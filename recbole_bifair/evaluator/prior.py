@@ -52,7 +52,8 @@ def history_matrix(history, n_users, n_items):
     users, items = (torch.as_tensor(ids).long().cpu() for ids in history)
     counts = torch.bincount(users, minlength=n_users).clamp(min=1)
     values = 1.0 / counts[users].float()
-    return torch.sparse_coo_tensor(torch.stack([users, items]), values, (n_users, n_items)).coalesce()
+    indices = torch.stack([users, items])
+    return torch.sparse_coo_tensor(indices, values, (n_users, n_items), check_invariants=True).coalesce()
 
 
 def history_means(table, matrix):
