@@ -202,6 +202,28 @@ def test_resume_last_ends_as_the_uninterrupted_run(model, monkeypatch, capsys, c
         assert torch.equal(value, resumed["state_dict"][name]), name
 
 
+def test_a_run_killed_while_saving_its_last_checkpoint_keeps_the_previous_one(tiny, monkeypatch):
+    import os
+
+    import torch
+
+    from recbole_bifair.trainer import resume
+
+    _, train_data, _, _, _, trainer = tiny("SASRec")
+    resume.save_last_checkpoint(trainer, 0, train_data, [[1, 0.5]], [1.0])
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(resume, "save_atomically", killed)
+    with pytest.raises(KeyboardInterrupt):
+        resume.save_last_checkpoint(trainer, 1, train_data, [[1, 0.5], [2, 0.6]], [1.0, 1.0])
+    path = resume.last_checkpoint_path(trainer.saved_model_file)
+    kept = torch.load(path, map_location="cpu", weights_only=False)
+    assert kept["epoch"] == 0 and kept["resume"]["valid_scores"] == [[1, 0.5]]
+    assert not os.path.exists(resume.partial_checkpoint_path(path))
+
+
 def test_resume_errors_are_one_line(monkeypatch, capsys, tmp_path):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny_config(tmp_path)))

@@ -31,6 +31,12 @@ def last_checkpoint_path(best_model_file):
     return stem + LAST_SUFFIX + extension
 
 
+def partial_checkpoint_path(last_checkpoint):
+    """Where the trainer's own checkpoint goes before the resume state is added to it."""
+    stem, extension = os.path.splitext(last_checkpoint)
+    return stem + "-partial" + extension
+
+
 def sidecar_path(last_checkpoint):
     """The JSON sidecar beside a last checkpoint."""
     return os.path.splitext(last_checkpoint)[0] + ".json"
@@ -77,10 +83,16 @@ def keep_last_checkpoint(trainer, train_data, valid_scores, epoch_seconds):
 def save_last_checkpoint(trainer, finished_epoch, train_data, valid_scores, epoch_seconds):
     best_model_file = trainer.saved_model_file
     path = last_checkpoint_path(best_model_file)
-    # the trainer's own checkpoint, read back and saved again with what an exact resume needs:
-    # every trainer's _save_checkpoint stays as it is
-    trainer._save_checkpoint(finished_epoch, verbose=False, saved_model_file=path)
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    # the trainer's own checkpoint, read back and saved with what an exact resume needs (every
+    # trainer's _save_checkpoint stays as it is); it is written beside the last checkpoint, never
+    # over it, so a run killed in between leaves the previous last checkpoint resumable
+    partial = partial_checkpoint_path(path)
+    try:
+        trainer._save_checkpoint(finished_epoch, verbose=False, saved_model_file=partial)
+        checkpoint = torch.load(partial, map_location="cpu", weights_only=False)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
     checkpoint["resume"] = {
         "best_model_file": best_model_file,
         "best_valid_result": trainer.best_valid_result,
@@ -102,14 +114,14 @@ def remove_last_checkpoint(trainer):
 
     path = last_checkpoint_path(trainer.saved_model_file)
     if is_main_process():
-        for leftover in (path, sidecar_path(path)):
+        for leftover in (path, sidecar_path(path), partial_checkpoint_path(path)):
             if os.path.exists(leftover):
                 os.remove(leftover)
 
 
 def remove_last_checkpoints(checkpoint_dir):
     """Remove every last checkpoint and sidecar in ``checkpoint_dir`` (best checkpoints stay)."""
-    for pattern in (f"*{LAST_SUFFIX}.pth", f"*{LAST_SUFFIX}.json"):
+    for pattern in (f"*{LAST_SUFFIX}.pth", f"*{LAST_SUFFIX}-partial.pth", f"*{LAST_SUFFIX}.json"):
         for path in glob.glob(os.path.join(checkpoint_dir, pattern)):
             os.remove(path)
 
