@@ -36,6 +36,20 @@ def test_softmax_before_any_loss_is_uniform_and_unseen_groups_get_the_mean():
     assert torch.allclose(balancer.weights(), expected, atol=1e-6)
 
 
+def test_softmax_with_a_contrast_follows_the_spread_of_the_losses():
+    for scale in (0.1, 1.0, 20.0):  # a loss's scale: BPR's group losses spread far less than CE's
+        balancer = SoftmaxBalancer(3, temperature=123.0, ema_decay=0.0, contrast=math.log(4.0))
+        balancer.update(torch.tensor([1.0, 1.5, 3.0]) * scale, torch.tensor([2, 2, 2]))
+        weights = balancer.weights()
+        temperature = 2.0 * scale / math.log(4.0)
+        expected = torch.softmax(torch.tensor([1.0, 1.5, 3.0]) * scale / temperature, dim=0)
+        assert torch.allclose(weights, expected, atol=1e-6)
+        assert float(weights.max() / weights.min()) == pytest.approx(4.0, rel=1e-5)
+    equal = SoftmaxBalancer(2, contrast=2.0)
+    equal.update(torch.tensor([0.7, 0.7]), torch.tensor([1, 1]))
+    assert torch.equal(equal.weights(), torch.full((2,), 0.5))
+
+
 def test_group_dro_exponentiated_gradient():
     balancer = GroupDROBalancer(2, step_size=0.1)
     balancer.update(torch.tensor([1.0, 3.0]), torch.tensor([1, 1]))
@@ -100,8 +114,8 @@ def test_mgda_balancer_weights_absent_groups_keep_their_share():
     assert weights[1].item() == pytest.approx(0.2 * 2 / 3, abs=1e-3)
 
 
-GOOD_SETTINGS = {"balancer_temperature": 1.0, "balancer_ema_decay": 0.9, "mgda_entropy_weight": 0.1,
-                 "dro_step_size": 0.01, "fixed_group_weights": None}
+GOOD_SETTINGS = {"balancer_temperature": 1.0, "balancer_contrast": None, "balancer_ema_decay": 0.9,
+                 "mgda_entropy_weight": 0.1, "dro_step_size": 0.01, "fixed_group_weights": None}
 
 
 @pytest.mark.parametrize("key, value, message", [
@@ -110,6 +124,8 @@ GOOD_SETTINGS = {"balancer_temperature": 1.0, "balancer_ema_decay": 0.9, "mgda_e
     ("mgda_entropy_weight", -0.1, "mgda_entropy_weight must be >= 0"),
     ("dro_step_size", 0.0, "dro_step_size must be > 0"),
     ("balancer_temperature", "hot", "balancer_temperature must be a number"),
+    ("balancer_contrast", 0.0, "balancer_contrast must be > 0"),
+    ("balancer_contrast", "high", "balancer_contrast must be a number"),
 ])
 def test_bad_balancer_values_are_clear_errors(key, value, message):
     with pytest.raises(BiFairInputError, match=message):

@@ -796,6 +796,9 @@ def test_a_switched_off_term_is_not_part_of_a_runs_identity():
     assert "outer_prior_balancer" not in on["config"]  # ~: the outer level's weights, as before it existed
     own = benchmark.resolved_identity("BiFairSASRec", "ml-100k", {"outer_prior_weight": 0.1, "outer_prior_balancer": "dro"})
     assert own["config"]["outer_prior_balancer"] == "dro"
+    assert "balancer_contrast" not in off["config"]
+    contrast = benchmark.resolved_identity("BiFairSASRec", "ml-100k", {"balancer_contrast": 1.0})
+    assert contrast["config"]["balancer_contrast"] == 1.0
 
 
 @pytest.mark.slow

@@ -234,7 +234,8 @@ RUN_CONTROL_KEYS = ("resume",)
 # that only matter when it is on: at that value they are left out of a run's identity, so adding
 # such a setting keeps the runs recorded before it.
 INERT_SETTINGS = {"outer_prior_weight": (0.0, ("outer_prior_temperature", "outer_prior_balancer")),
-                  "outer_prior_balancer": (None, ())}
+                  "outer_prior_balancer": (None, ()),
+                  "balancer_contrast": (None, ())}
 
 
 def resolved_identity(model, dataset, config):

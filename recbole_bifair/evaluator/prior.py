@@ -149,7 +149,7 @@ class PriorLoss:
         if self.sequential:
             return sequence_means(table, interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
         self.history = self.history.to(device=table.device, dtype=table.dtype)  # once, then a no-op
-        return history_means(table, self.history)[interaction[self.USER_ID].long()]
+        return history_means(table, self.history.index_select(0, interaction[self.USER_ID].long()))
 
     def example_losses(self, table, interaction):
         """``(losses [batch], items [batch])`` of the cosine recommender over ``table``."""

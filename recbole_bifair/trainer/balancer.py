@@ -5,7 +5,10 @@ principles"; every strategy below is our reconstruction [ours]. Each group's los
 objective; a strategy turns the group losses of a batch into weights over the groups.
 
 - ``softmax``: entropy-regularised worst-group weighting, ``w = softmax(Lbar / tau)`` over
-  exponential moving averages ``Lbar_g`` of the group losses.
+  exponential moving averages ``Lbar_g`` of the group losses. With a *contrast* ``c``, ``tau``
+  follows the spread of the group losses, ``tau = (max_g Lbar_g - min_g Lbar_g) / c``, so the
+  largest weight is always ``e^c`` times the smallest, whatever the loss's scale (a BPR loss
+  spreads over groups far less than a full-softmax cross-entropy).
 - ``mgda``: the min-norm point of the group gradients over the simplex (multiple-gradient
   descent), with an entropy term so the weights do not collapse:
   ``w = argmin_{w in simplex} ||sum_g w_g grad_g||^2 / max_g ||grad_g||^2 - mu * H(w)``
@@ -83,11 +86,14 @@ class InverseFrequencyBalancer(Balancer):
 
 class SoftmaxBalancer(Balancer):
     """``w = softmax(Lbar / temperature)``, ``Lbar_g <- decay * Lbar_g + (1 - decay) * L_g``
-    for the groups present in the batch (``Lbar_g`` starts at its first observation)."""
+    for the groups present in the batch (``Lbar_g`` starts at its first observation). With
+    ``contrast``, the temperature is ``spread(Lbar) / contrast`` instead (uniform weights while
+    the losses do not spread)."""
 
-    def __init__(self, n_groups, temperature=1.0, ema_decay=0.9):
+    def __init__(self, n_groups, temperature=1.0, ema_decay=0.9, contrast=None):
         super().__init__(n_groups)
         self.temperature = temperature
+        self.contrast = contrast
         self.ema_decay = ema_decay
         self.smoothed_losses = torch.zeros(n_groups)
         self.seen = torch.zeros(n_groups, dtype=torch.bool)
@@ -105,7 +111,13 @@ class SoftmaxBalancer(Balancer):
             return torch.full((self.n_groups,), 1.0 / self.n_groups)
         mean_seen = self.smoothed_losses[self.seen].mean()
         filled = torch.where(self.seen, self.smoothed_losses, mean_seen)
-        return torch.softmax(filled / self.temperature, dim=0)
+        return torch.softmax(filled / self.current_temperature(filled), dim=0)
+
+    def current_temperature(self, filled_losses):
+        if self.contrast is None:
+            return self.temperature
+        spread = float(filled_losses.max() - filled_losses.min())
+        return spread / self.contrast if spread > 0 else math.inf
 
     def state_dict(self):
         return {"smoothed_losses": self.smoothed_losses.clone(), "seen": self.seen.clone()}
@@ -181,7 +193,7 @@ def build_balancer(settings, n_groups, train_share):
     """The balancer of ``settings`` (``trainer.settings.BalancerSettings``) over ``n_groups``."""
     strategy = settings.strategy
     if strategy == "softmax":
-        return SoftmaxBalancer(n_groups, settings.temperature, settings.ema_decay)
+        return SoftmaxBalancer(n_groups, settings.temperature, settings.ema_decay, settings.contrast)
     if strategy == "mgda":
         return MGDABalancer(n_groups, settings.mgda_entropy_weight)
     if strategy == "dro":

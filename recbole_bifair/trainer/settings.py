@@ -25,6 +25,7 @@ class BalancerSettings:
 
     strategy: str
     temperature: float
+    contrast: Optional[float]
     ema_decay: float
     mgda_entropy_weight: float
     dro_step_size: float
@@ -40,6 +41,8 @@ class BalancerSettings:
         return cls(
             strategy=strategy,
             temperature=number(config, "balancer_temperature", minimum=0.0, strictly_above=True),
+            contrast=(None if config["balancer_contrast"] is None
+                      else number(config, "balancer_contrast", minimum=0.0, strictly_above=True)),
             ema_decay=ema_decay,
             mgda_entropy_weight=number(config, "mgda_entropy_weight", minimum=0.0),
             dro_step_size=number(config, "dro_step_size", minimum=0.0, strictly_above=True),
