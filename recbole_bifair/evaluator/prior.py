@@ -61,6 +61,26 @@ def history_means(table, matrix):
     return torch.sparse.mm(matrix.to(device=table.device, dtype=table.dtype), table)
 
 
+class HistoryFields:
+    """Where a row's history is read from: a sequential model's item sequence and its length,
+    a general model's user id (whose history is the training split's interactions)."""
+
+    def __init__(self, config, sequential):
+        self.sequential = sequential
+        self.USER_ID = config["USER_ID_FIELD"]
+        self.ITEM_ID = config["ITEM_ID_FIELD"]
+        self.ITEM_SEQ = self.ITEM_ID + config["LIST_SUFFIX"]
+        self.ITEM_SEQ_LEN = config["ITEM_LIST_LENGTH_FIELD"]
+
+    def sequence_means(self, table, interaction):
+        return sequence_means(table, interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+
+    def training_history(self, train_dataset):
+        """``(user_ids, item_ids)`` of the training split's interactions."""
+        inter = train_dataset.inter_feat
+        return inter[self.USER_ID], inter[self.ITEM_ID]
+
+
 class CosineRecommender(nn.Module):
     """A recommender with no training over an item table ``[n_items, d]`` (row 0 = padding).
     ``score(u, i) = cos(mean of the rows of u's history, table[i])``.
@@ -77,12 +97,8 @@ class CosineRecommender(nn.Module):
         table = table.detach().float().clone()
         self.register_buffer("table", table)
         self.register_buffer("unit_table", F.normalize(table, dim=1))  # zero rows stay zero
-        self.USER_ID = config["USER_ID_FIELD"]
-        self.ITEM_ID = config["ITEM_ID_FIELD"]
-        self.sequential = sequential
+        self.fields = HistoryFields(config, sequential)
         if sequential:
-            self.ITEM_SEQ = self.ITEM_ID + config["LIST_SUFFIX"]
-            self.ITEM_SEQ_LEN = config["ITEM_LIST_LENGTH_FIELD"]
             return
         if history is None or n_users is None:
             raise BiFairInputError(
@@ -98,15 +114,14 @@ class CosineRecommender(nn.Module):
             return cls(table, config, sequential=True)
         if train_dataset is None:
             return cls(table, config, sequential=False)  # raises the error above
-        inter = train_dataset.inter_feat
-        history = (inter[config["USER_ID_FIELD"]], inter[config["ITEM_ID_FIELD"]])
+        history = HistoryFields(config, sequential=False).training_history(train_dataset)
         return cls(table, config, sequential=False, history=history, n_users=train_dataset.user_num)
 
     def user_vectors_of(self, interaction):
         """[batch, d] mean of the history rows of each interaction row."""
-        if not self.sequential:
-            return self.user_vectors[interaction[self.USER_ID].long()]
-        return sequence_means(self.table, interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        if not self.fields.sequential:
+            return self.user_vectors[interaction[self.fields.USER_ID].long()]
+        return self.fields.sequence_means(self.table, interaction)
 
     def full_sort_predict(self, interaction):
         """[batch, n_items] cosine scores of every item."""
@@ -116,7 +131,7 @@ class CosineRecommender(nn.Module):
     def predict(self, interaction):
         """[batch] cosine score of each row's item (sampled evaluation)."""
         users = F.normalize(self.user_vectors_of(interaction), dim=1)
-        return (users * self.unit_table[interaction[self.ITEM_ID].long()]).sum(dim=1)
+        return (users * self.unit_table[interaction[self.fields.ITEM_ID].long()]).sum(dim=1)
 
 
 class PriorLoss:
@@ -132,24 +147,19 @@ class PriorLoss:
 
     def __init__(self, config, temperature, train_dataset=None):
         self.temperature = temperature
-        self.sequential = config["MODEL_TYPE"] == ModelType.SEQUENTIAL
-        self.USER_ID = config["USER_ID_FIELD"]
-        self.ITEM_ID = config["ITEM_ID_FIELD"]
-        if self.sequential:
-            self.ITEM_SEQ = self.ITEM_ID + config["LIST_SUFFIX"]
-            self.ITEM_SEQ_LEN = config["ITEM_LIST_LENGTH_FIELD"]
+        self.fields = HistoryFields(config, sequential=config["MODEL_TYPE"] == ModelType.SEQUENTIAL)
+        if self.fields.sequential:
             return
         if train_dataset is None:
             raise BiFairInputError("The prior loss of a general model needs the training split's history.")
-        inter = train_dataset.inter_feat
-        history = (inter[self.USER_ID], inter[self.ITEM_ID])
+        history = self.fields.training_history(train_dataset)
         self.history = history_matrix(history, train_dataset.user_num, train_dataset.item_num)
 
     def user_vectors(self, table, interaction):
-        if self.sequential:
-            return sequence_means(table, interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        if self.fields.sequential:
+            return self.fields.sequence_means(table, interaction)
         self.history = self.history.to(device=table.device, dtype=table.dtype)  # once, then a no-op
-        return history_means(table, self.history.index_select(0, interaction[self.USER_ID].long()))
+        return history_means(table, self.history.index_select(0, interaction[self.fields.USER_ID].long()))
 
     def example_losses(self, table, interaction):
         """``(losses [batch], items [batch])`` of the cosine recommender over ``table``."""
@@ -157,7 +167,7 @@ class PriorLoss:
         scores = users @ F.normalize(table, dim=1).t() / self.temperature
         padding = torch.zeros(table.shape[0], dtype=torch.bool, device=table.device)
         padding[0] = True
-        items = interaction[self.ITEM_ID].long()
+        items = interaction[self.fields.ITEM_ID].long()
         losses = F.cross_entropy(scores.masked_fill(padding, float("-inf")), items, reduction="none")
         return losses, items
 
