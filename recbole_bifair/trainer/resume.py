@@ -23,6 +23,7 @@ from recbole_bifair.errors import BiFairInputError
 from recbole_bifair.files import save_atomically, write_text_atomically
 
 LAST_SUFFIX = "-last"
+PARTIAL_SUFFIX = "-partial"
 
 
 def last_checkpoint_path(best_model_file):
@@ -34,7 +35,7 @@ def last_checkpoint_path(best_model_file):
 def partial_checkpoint_path(last_checkpoint):
     """Where the trainer's own checkpoint goes before the resume state is added to it."""
     stem, extension = os.path.splitext(last_checkpoint)
-    return stem + "-partial" + extension
+    return stem + PARTIAL_SUFFIX + extension
 
 
 def sidecar_path(last_checkpoint):
@@ -120,8 +121,9 @@ def remove_last_checkpoint(trainer):
 
 
 def remove_last_checkpoints(checkpoint_dir):
-    """Remove every last checkpoint and sidecar in ``checkpoint_dir`` (best checkpoints stay)."""
-    for pattern in (f"*{LAST_SUFFIX}.pth", f"*{LAST_SUFFIX}-partial.pth", f"*{LAST_SUFFIX}.json"):
+    """Remove every last checkpoint, its partial file and its sidecar in ``checkpoint_dir`` (best
+    checkpoints stay)."""
+    for pattern in (f"*{LAST_SUFFIX}.pth", f"*{LAST_SUFFIX}{PARTIAL_SUFFIX}.pth", f"*{LAST_SUFFIX}.json"):
         for path in glob.glob(os.path.join(checkpoint_dir, pattern)):
             os.remove(path)
 
