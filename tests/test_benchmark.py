@@ -437,6 +437,42 @@ def test_reference_must_name_a_model_of_the_spec(tmp_path):
     assert "reference" in benchmark.SPEC_KEYS and "reference:" in benchmark.__doc__
 
 
+def test_ratio_table_divides_means_over_the_shared_seeds(tmp_path):
+    spec = fabricated_spec(tmp_path, ["Plain", "LLM", "Fair"], reference="Plain", ratio_to=["Plain", "LLM"])
+    ndcg = {"Plain": [0.10, 0.12, 0.14], "LLM": [0.12, 0.12, 0.12], "Fair": [0.09, 0.12]}  # Fair: 2 seeds
+    head = {"Plain": 0.2, "LLM": 0.0, "Fair": 0.1}
+
+    def fields(name, seed):
+        index = seed - 2020
+        if index >= len(ndcg[name]):
+            return None
+        test = {"ndcg@10": ndcg[name][index], "ndcggap@10": 0.1, "ndcgworst@10": 0.05,
+                "groupndcg@10_g0": head[name], "groupndcg@10_g1": 0.05}
+        return {"test_result": test, "best_valid_result": {"ndcg@10": 2 * ndcg[name][index]}}
+
+    write_records(spec, fields)
+    markdown, _ = report(spec)
+    ratios = markdown_rows(markdown, "## Ratios of the means")
+    assert list(ratios) == ["LLM / Plain", "Fair / Plain", "Fair / LLM"], "no Plain / LLM: the inverse row"
+    assert ratios["LLM / Plain"]["test NDCG"] == "1.00x" and ratios["LLM / Plain"]["seeds"] == "3"
+    # Fair has seeds 2020 and 2021 only: (0.09 + 0.12) / (0.10 + 0.12), not / the 3-seed mean 0.12
+    assert ratios["Fair / Plain"]["test NDCG"] == "0.95x" and ratios["Fair / Plain"]["seeds"] == "2"
+    assert ratios["Fair / Plain"]["valid NDCG"] == "0.95x"
+    assert ratios["Fair / Plain"]["test head"] == "0.50x" and ratios["Fair / Plain"]["test tail"] == "1.00x"
+    assert ratios["Fair / LLM"]["test head"] == "n/a", "LLM's head group is 0: no ratio"
+    assert "valid gap" not in ratios["Fair / LLM"], "no valid gap in these records: no column"
+
+
+def test_ratio_to_defaults_to_the_reference_and_names_models(tmp_path):
+    raw = {"datasets": ["tiny"], "seeds": [1], "models": ["SASRec", {"name": "LLM", "model": "LLMSASRec"}]}
+    assert benchmark.spec_from_dict(raw).ratio_to == []
+    assert benchmark.spec_from_dict({**raw, "reference": "LLM"}).ratio_to == ["LLM"]
+    assert benchmark.spec_from_dict({**raw, "reference": "LLM", "ratio_to": "SASRec"}).ratio_to == ["SASRec"]
+    with pytest.raises(BiFairInputError, match=r"ratio_to 'LLMSASRec' is not a model of the spec"):
+        benchmark.spec_from_dict({**raw, "ratio_to": ["SASRec", "LLMSASRec"]})
+    assert "ratio_to" in benchmark.SPEC_KEYS and "ratio_to:" in benchmark.__doc__
+
+
 def user_values(seed, n=200):
     """Per-user NDCG@10 of the reference for ``seed``: base values plus a little seed noise."""
     base = np.random.default_rng(0).uniform(0, 0.5, n)

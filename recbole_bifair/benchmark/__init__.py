@@ -22,6 +22,8 @@ Spec::
     reference: SASRec           # optional; a display name of `models`: the tables mark the
                                 # NDCG@k, gap, worst-group and per-group NDCG@k means that
                                 # differ significantly from this model's
+    ratio_to: [SASRec, LLMSASRec]   # optional (default: the reference); the report's ratio
+                                # table divides every model's means by each of these models'
 
 A run's config is ``shared``, then the model's ``config``, then the ``--set`` overrides, then
 its seed. A relative ``data_path`` is taken from the working folder when it exists there,
@@ -44,7 +46,9 @@ with the item group of its test positives. The tables show each model's best epo
 per seed), flag runs that did not converge (best epoch = the epoch cap, or training ended at
 the cap without early stopping), mark significant differences to ``reference`` (paired t-test
 over test users for NDCG@k and per-group NDCG@k, over seeds for the gap and the worst group;
-p < 0.05) and, when a record has ``prior_fairness``, its E0 and E columns.
+p < 0.05), give every model's means as ratios to the ``ratio_to`` models' over the seeds both
+have (NDCG@k, gap, worst, head and tail group; test and valid) and, when a record has
+``prior_fairness``, its E0 and E columns.
 """
 import importlib
 

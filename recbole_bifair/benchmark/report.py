@@ -447,6 +447,12 @@ def markdown_report(spec, dataset, table, columns, runs, command, plots, plot_no
     ]
     if per_group:
         lines += [f"## NDCG@{spec.report_k} per item group", "", per_group, ""]
+    ratios = ratio_table(ok, spec)
+    if ratios:
+        lines += [f"## Ratios of the means (@{spec.report_k})", "",
+                  "Each model's mean over the seeds it shares with the model it is divided by, over that "
+                  "model's mean on the same seeds (n/a: that mean is 0). head / tail: the first / last item "
+                  "group. For the gap, below 1 is fairer.", "", ratios, ""]
     validation = validation_table(ok, spec)
     if validation:
         lines += [f"## Validation split (@{spec.report_k}): where settings are chosen", "",
@@ -460,6 +466,63 @@ def markdown_report(spec, dataset, table, columns, runs, command, plots, plot_no
 
 
 NOT_RECORDED = "not recorded in the run records"
+
+
+def ratio_columns(ok_runs, k):
+    """(label, split, metric) of the ratio table: test then valid NDCG@k, gap, worst group, and
+    the head and tail groups' NDCG@k, those the runs have."""
+    groups = sorted((int(c.rsplit("_g", 1)[1]) for c in ok_runs.columns if c.startswith(f"groupndcg@{k}_g")))
+    wanted = [("NDCG", f"ndcg@{k}"), ("gap", f"ndcggap@{k}"), ("worst", f"ndcgworst@{k}")]
+    if groups:
+        wanted += [("head", f"groupndcg@{k}_g{groups[0]}"), ("tail", f"groupndcg@{k}_g{groups[-1]}")]
+    columns = []
+    for split in ("test", "valid"):
+        for label, metric in wanted:
+            if any(metric in values for values in _split_values(ok_runs, split)):
+                columns.append((f"{split} {label}", split, metric))
+    return columns
+
+
+def _split_values(runs, split):
+    """Each run's metrics of ``split``: its test metrics (columns) or its ``valid_result``."""
+    if split == "valid":
+        return [result or {} for result in runs["valid_result"]]
+    return [row.dropna().to_dict() for _, row in runs.iterrows()]
+
+
+def ratio_table(ok_runs, spec):
+    """Markdown: every model's means over each ``ratio_to`` model's (seeds both have); empty
+    without ``ratio_to`` models that have finished runs."""
+    columns = ratio_columns(ok_runs, spec.report_k) if not ok_runs.empty else []
+    rows = []
+    for index, base in enumerate(spec.ratio_to):
+        base_runs = ok_runs[ok_runs["name"] == base]
+        for entry in spec.models:
+            if entry.name == base or entry.name in spec.ratio_to[:index]:
+                continue  # itself, or the inverse of a row already shown
+            model_runs = ok_runs[ok_runs["name"] == entry.name]
+            seeds = sorted(set(model_runs["seed"]) & set(base_runs["seed"]))
+            if not seeds or not columns:
+                continue
+            row = {"model / base": f"{entry.name} / {base}", "seeds": len(seeds)}
+            for label, split, metric in columns:
+                row[label] = _ratio_cell(_seed_mean(model_runs, seeds, split, metric),
+                                         _seed_mean(base_runs, seeds, split, metric))
+            rows.append(row)
+    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True) if rows else ""
+
+
+def _seed_mean(runs, seeds, split, metric):
+    chosen = runs[runs["seed"].isin(seeds)]
+    values = [values.get(metric) for values in _split_values(chosen, split)]
+    values = [v for v in values if _is_number(v)]
+    return float(np.mean(values)) if len(values) == len(seeds) else float("nan")
+
+
+def _ratio_cell(value, base):
+    if pd.isna(value) or pd.isna(base):
+        return ""
+    return NOT_AVAILABLE if base == 0 else f"{value / base:.2f}x"
 
 
 def validation_table(ok_runs, spec):

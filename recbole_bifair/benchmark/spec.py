@@ -16,7 +16,7 @@ from recbole_bifair.errors import BiFairInputError
 
 
 SPEC_KEYS = {"name", "datasets", "seeds", "shared", "models", "output_dir", "report_k", "keep_checkpoints",
-             "reference"}
+             "reference", "ratio_to"}
 
 
 @dataclass
@@ -39,6 +39,7 @@ class Spec:
     keep_checkpoints: bool = False
     overrides: dict = field(default_factory=dict)
     reference: str = None
+    ratio_to: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -112,20 +113,29 @@ def spec_from_dict(raw, default_name="benchmark"):
         report_k=_report_k(raw.get("report_k") or 10),
         keep_checkpoints=bool(raw.get("keep_checkpoints", False)),
         reference=_reference(raw.get("reference"), models),
+        ratio_to=_ratio_to(raw.get("ratio_to"), raw.get("reference"), models),
     )
 
 
-def _reference(value, models):
-    """``reference``: None, or the display name of one of ``models``."""
+def _reference(value, models, key="reference"):
+    """``reference`` (or ``key``): None, or the display name of one of ``models``."""
     if value is None:
         return None
     names = [entry.name for entry in models]
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)  # a display name YAML reads as a number
     if not isinstance(value, str) or value not in names:
-        raise BiFairInputError(f"Benchmark spec: reference {value!r} is not a model of the spec: give the "
+        raise BiFairInputError(f"Benchmark spec: {key} {value!r} is not a model of the spec: give the "
                                f"display name (`name`) of one of its models {names}.")
     return value
+
+
+def _ratio_to(value, reference, models):
+    """``ratio_to``: the display names the report divides every model's means by; the
+    ``reference`` when not given."""
+    if value is None:
+        return [_reference(reference, models)] if reference is not None else []
+    return [_reference(name, models, "ratio_to") for name in (value if isinstance(value, list) else [value])]
 
 
 def model_entries(models):
