@@ -463,6 +463,13 @@ def test_ratio_table_divides_means_over_the_shared_seeds(tmp_path):
     assert "valid gap" not in ratios["Fair / LLM"], "no valid gap in these records: no column"
 
 
+def test_model_names_with_commas_are_refused():
+    """--models splits on commas, so such a name could never be selected."""
+    raw = {"datasets": ["tiny"], "seeds": [1], "models": [{"name": "BiFair, outer every 16", "model": "BiFairSASRec"}]}
+    with pytest.raises(BiFairInputError, match=r"model names cannot contain commas .*'BiFair, outer every 16'"):
+        benchmark.spec_from_dict(raw)
+
+
 def test_ratio_to_defaults_to_the_reference_and_names_models(tmp_path):
     raw = {"datasets": ["tiny"], "seeds": [1], "models": ["SASRec", {"name": "LLM", "model": "LLMSASRec"}]}
     assert benchmark.spec_from_dict(raw).ratio_to == []

@@ -153,6 +153,10 @@ def model_entries(models):
             raise BiFairInputError(f"Benchmark spec: config of model {item['model']!r} must be a mapping.")
         entries.append(ModelEntry(name=str(item.get("name") or item["model"]), model=str(item["model"]), config=config))
     names = [entry.name for entry in entries]
+    with_commas = [n for n in names if "," in n]
+    if with_commas:
+        raise BiFairInputError(f"Benchmark spec: model names cannot contain commas (--models takes a "
+                               f"comma-separated list of them): rename {with_commas}.")
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise BiFairInputError(f"Benchmark spec: model names must be unique; repeated: {duplicates}.")
