@@ -225,10 +225,14 @@ class Comparison:
 def compared_metrics(columns, k):
     """(over users, over seeds): the metrics compared with the reference. NDCG@k and the
     per-group NDCG@k are means over test users; the NDCG@k gap and worst group are group-level."""
-    per_group = re.compile(rf"^groupndcg@{k}_g(\d+)$")
-    groups = sorted((int(m.group(1)), m.group(0)) for m in map(per_group.match, columns) if m)
-    per_user = [m for m in [f"ndcg@{k}"] if m in columns] + [name for _, name in groups]
+    per_user = [m for m in [f"ndcg@{k}"] if m in columns] + per_group_metrics(columns, k)
     return per_user, [m for m in (f"ndcggap@{k}", f"ndcgworst@{k}") if m in columns]
+
+
+def per_group_metrics(names, k):
+    """The ``groupndcg@k_g<id>`` names among ``names``, by group id (head group first)."""
+    per_group = re.compile(rf"^groupndcg@{k}_g(\d+)$")
+    return [m.group(0) for m in sorted(filter(None, map(per_group.match, names)), key=lambda m: int(m.group(1)))]
 
 
 def compare_to_reference(runs, spec):
@@ -468,53 +472,50 @@ def markdown_report(spec, dataset, table, columns, runs, command, plots, plot_no
 NOT_RECORDED = "not recorded in the run records"
 
 
-def ratio_columns(ok_runs, k):
-    """(label, split, metric) of the ratio table: test then valid NDCG@k, gap, worst group, and
-    the head and tail groups' NDCG@k, those the runs have."""
-    groups = sorted((int(c.rsplit("_g", 1)[1]) for c in ok_runs.columns if c.startswith(f"groupndcg@{k}_g")))
-    wanted = [("NDCG", f"ndcg@{k}"), ("gap", f"ndcggap@{k}"), ("worst", f"ndcgworst@{k}")]
-    if groups:
-        wanted += [("head", f"groupndcg@{k}_g{groups[0]}"), ("tail", f"groupndcg@{k}_g{groups[-1]}")]
-    columns = []
-    for split in ("test", "valid"):
-        for label, metric in wanted:
-            if any(metric in values for values in _split_values(ok_runs, split)):
-                columns.append((f"{split} {label}", split, metric))
-    return columns
-
-
-def _split_values(runs, split):
-    """Each run's metrics of ``split``: its test metrics (columns) or its ``valid_result``."""
-    if split == "valid":
-        return [result or {} for result in runs["valid_result"]]
-    return [row.dropna().to_dict() for _, row in runs.iterrows()]
-
-
 def ratio_table(ok_runs, spec):
     """Markdown: every model's means over each ``ratio_to`` model's (seeds both have); empty
     without ``ratio_to`` models that have finished runs."""
-    columns = ratio_columns(ok_runs, spec.report_k) if not ok_runs.empty else []
+    metrics = run_metrics(ok_runs)
+    columns = ratio_columns(metrics, spec.report_k)
     rows = []
     for index, base in enumerate(spec.ratio_to):
-        base_runs = ok_runs[ok_runs["name"] == base]
         for entry in spec.models:
             if entry.name == base or entry.name in spec.ratio_to[:index]:
                 continue  # itself, or the inverse of a row already shown
-            model_runs = ok_runs[ok_runs["name"] == entry.name]
-            seeds = sorted(set(model_runs["seed"]) & set(base_runs["seed"]))
+            seeds = sorted(_seeds_of(metrics, entry.name) & _seeds_of(metrics, base))
             if not seeds or not columns:
                 continue
             row = {"model / base": f"{entry.name} / {base}", "seeds": len(seeds)}
             for label, split, metric in columns:
-                row[label] = _ratio_cell(_seed_mean(model_runs, seeds, split, metric),
-                                         _seed_mean(base_runs, seeds, split, metric))
+                row[label] = _ratio_cell(_seed_mean(metrics, entry.name, seeds, split, metric),
+                                         _seed_mean(metrics, base, seeds, split, metric))
             rows.append(row)
     return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True) if rows else ""
 
 
-def _seed_mean(runs, seeds, split, metric):
-    chosen = runs[runs["seed"].isin(seeds)]
-    values = [values.get(metric) for values in _split_values(chosen, split)]
+def run_metrics(ok_runs):
+    """``{(name, seed): {"test": metrics, "valid": metrics}}`` of the finished runs."""
+    return {(row["name"], row["seed"]): {"test": row.dropna().to_dict(), "valid": row["valid_result"] or {}}
+            for _, row in ok_runs.iterrows()}
+
+
+def ratio_columns(metrics, k):
+    """(label, split, metric) of the ratio table: test then valid NDCG@k, gap, worst group, and
+    the head and tail groups' NDCG@k, those the runs have (``metrics``: :func:`run_metrics`)."""
+    groups = per_group_metrics({name for run in metrics.values() for name in run["test"]}, k)
+    wanted = [("NDCG", f"ndcg@{k}"), ("gap", f"ndcggap@{k}"), ("worst", f"ndcgworst@{k}")]
+    if groups:
+        wanted += [("head", groups[0]), ("tail", groups[-1])]
+    return [(f"{split} {label}", split, metric) for split in ("test", "valid") for label, metric in wanted
+            if any(metric in run[split] for run in metrics.values())]
+
+
+def _seeds_of(metrics, name):
+    return {seed for run_name, seed in metrics if run_name == name}
+
+
+def _seed_mean(metrics, name, seeds, split, metric):
+    values = [metrics[name, seed][split].get(metric) for seed in seeds]
     values = [v for v in values if _is_number(v)]
     return float(np.mean(values)) if len(values) == len(seeds) else float("nan")
 
@@ -535,8 +536,7 @@ def validation_table(ok_runs, spec):
         if not results:
             continue
         keys = [f"ndcg@{k}", f"ndcggap@{k}", f"ndcgworst@{k}"]
-        keys += sorted((key for key in results[0] if key.startswith(f"groupndcg@{k}_g")),
-                       key=lambda key: int(key.rsplit("_g", 1)[1]))
+        keys += per_group_metrics(results[0], k)
         row = {"model": entry.name, "seeds": len(results)}
         for key in keys:
             values = pd.Series([r.get(key) for r in results], dtype=float)
