@@ -213,8 +213,10 @@ def check_run_settings(config):
     non_negative_int(config, "stopping_step")
     number(config, "learning_rate", minimum=0, strictly_above=True)
     for key in ("learner", "outer_learner"):
-        learner = config.get(key)
-        if learner is not None and (not isinstance(learner, str) or learner.lower() not in OPTIMIZERS):
+        if key not in config:
+            continue
+        learner = config[key]
+        if not isinstance(learner, str) or learner.lower() not in OPTIMIZERS:
             raise BiFairInputError(f"{key} must be one of {', '.join(OPTIMIZERS)}; got {learner!r}.")
     metrics = config["metrics"]
     if isinstance(metrics, str):

@@ -8,8 +8,10 @@ RecBole's ``HyperTuning``) or Ray Tune, with a fairness-accuracy report.
 The search space is a file in RecBole's format, one parameter per line: ``name choice [a, b]``,
 ``name uniform low,high``, ``name quniform low,high,q``, ``name loguniform low,high``
 (natural-log bounds, as hyperopt's); ``#`` starts a comment. ``BiFair*`` models default to
-the shipped ``properties/hyper/BiFair.hyper`` (balancer and temperature, outer learning rate,
-proximity weight, ``outer_every``).
+the shipped ``properties/hyper/BiFair.hyper`` (BiFair's fairness, LLM-layer and bi-level
+settings; see the file). The settings every trial shares (model, dataset, config files,
+``--key=value``) are checked once before the search: a bad one is one error, not a sweep of
+failed trials. A trial whose drawn settings fail is reported as failed and the sweep goes on.
 
 Each trial trains with ``valid_metric`` as its objective: an accuracy metric, a fairness
 metric, or a named trade-off such as ``ndcg@10 - 0.5 * ndcggap@10`` (with
@@ -26,6 +28,7 @@ import sys
 from dataclasses import dataclass, field
 
 from recbole_bifair.errors import BiFairInputError, exit_code_of
+from recbole_bifair.evaluator.register import metric_is_smaller_better
 from recbole_bifair.utils import properties_dir
 
 KINDS = ("choice", "uniform", "quniform", "loguniform")
@@ -233,12 +236,6 @@ def pareto_optimal(points, bigger):
     return marks
 
 
-def metric_is_smaller_better(metric):
-    from recbole.evaluator.register import smaller_metrics
-
-    return metric.split("@")[0].lower() in smaller_metrics
-
-
 def report_rows(trials, accuracy, fairness):
     """One row per trial: its settings, objective, accuracy and fairness on valid and test,
     whether it is Pareto-optimal on valid and whether it is the best by the objective."""
@@ -336,6 +333,7 @@ def hyper_main(argv=None):
     _require_tool(args.tool)
     if args.tool == "hyperopt" and args.algo == "exhaustive":
         _check_exhaustive(params)
+    check_fixed_settings(fixed, config_files)
     if args.tool == "hyperopt":
         trials = search_with_hyperopt(params, fixed, config_files, args.algo, args.max_evals)
     else:
@@ -346,6 +344,16 @@ def hyper_main(argv=None):
     title = f"{args.model} on {args.dataset}: {len(trials)} trials ({args.tool})"
     print(write_report(rows, args.output_file, title))
     return 0
+
+
+def check_fixed_settings(fixed, config_files):
+    """The settings every trial shares, checked as a run checks them (config files exist, the
+    model is known, each value is valid, the dataset can be found), so a mistake there stops
+    the search before its first trial."""
+    from recbole_bifair.config import Config
+    from recbole_bifair.data import ensure_dataset
+
+    ensure_dataset(Config(config_dict=fixed, config_file_list=config_files))
 
 
 def _check_exhaustive(params):

@@ -76,6 +76,7 @@ BAD_SETTINGS = {
     "--epochs=0": "error: epochs must be a positive integer; got 0.",
     "--learning_rate=-0.001": "error: learning_rate must be > 0; got -0.001.",
     "--outer_learner=nosuch": "error: outer_learner must be one of adam, adamw, sgd, adagrad, rmsprop, sparse_adam; got 'nosuch'.",
+    "--outer_learner=None": "error: outer_learner must be one of adam, adamw, sgd, adagrad, rmsprop, sparse_adam; got None.",
     "--topk=[0]": "error: topk must be a positive integer or a list of them; got [0].",
 }
 
@@ -85,6 +86,11 @@ def test_bad_settings_are_one_line_each_before_any_data_is_read(monkeypatch, cap
     for option, message in BAD_SETTINGS.items():
         code, err = run_in_process(["--model=BiFairSASRec", "--dataset=ml-100k", option], monkeypatch, capsys)
         assert (code, err.strip()) == (2, message), option
+    code, err = run_in_process(["--model=BiFairSASRec", "--lookahead_update=optimizer", "--learner=rmsprop"],
+                               monkeypatch, capsys)
+    assert (code, err.strip()) == (2, "error: lookahead_update: optimizer follows the inner optimiser's rule, known "
+                                      "for adam, adamw, sgd; learner is 'rmsprop': use lookahead_update: sgd, or one "
+                                      "of those learners.")
     code, err = run_in_process(["--model=SASRec", "--epochs=1", "--epochs=2"], monkeypatch, capsys)
     assert (code, err.strip()) == (2, "error: --epochs is given twice (1 and 2); give it once.")
     code, err = run_in_process(["--model=SASRec", "--metrics=[NDCG,Nosuch]"], monkeypatch, capsys)

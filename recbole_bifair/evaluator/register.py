@@ -12,6 +12,12 @@ import recbole.evaluator.register as recbole_register
 from recbole_bifair.evaluator.metrics import FAIRNESS_METRICS
 
 
+def metric_is_smaller_better(metric):
+    """Whether a smaller value of ``metric`` (``name@k``, any case) is better, by RecBole's
+    registry, which holds the fairness metrics once ``recbole_bifair`` is imported."""
+    return metric.split("@")[0].lower() in recbole_register.smaller_metrics
+
+
 def register_fairness_metrics():
     """Make the fairness metrics' names known to RecBole (idempotent; importing
     ``recbole_bifair`` calls it)."""

@@ -103,12 +103,7 @@ def store(config, record, tokens, matrix, id_field="item_id"):
 
 def write_cache_files(config, path, record, tokens, matrix, id_field):
     """The ``.itememb`` first, then the sidecar that makes it count as a cache entry."""
-    vector_files.write_itememb(
-        path, tokens, matrix, id_field=id_field,
-        field_separator=config["field_separator"] or "\t",
-        seq_separator=config["seq_separator"] or " ",
-        encoding=config["encoding"] or "utf-8",
-    )
+    vector_files.write_itememb(path, tokens, matrix, id_field=id_field, **vector_files.atomic_format(config))
     sidecar = dict(record, dimension=int(matrix.shape[1]),
                    created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     files.write_text_atomically(path + ".json", json.dumps(sidecar, indent=2, sort_keys=True) + "\n")

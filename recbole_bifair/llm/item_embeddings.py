@@ -96,12 +96,7 @@ def table_from_file(config, settings, path, item_tokens):
         ids_path = settings.ids_file and existing_path(settings.ids_file, config["data_path"], "llm_emb_ids_file")
     elif settings.ids_file:
         logging.getLogger().warning(f"llm_emb_ids_file is ignored: {path} is not a .npy matrix.")
-    tokens, matrix = vector_files.read_vector_file(
-        path, ids_path,
-        field_separator=config["field_separator"] or "\t",
-        seq_separator=config["seq_separator"] or " ",
-        encoding=config["encoding"] or "utf-8",
-    )
+    tokens, matrix = vector_files.read_vector_file(path, ids_path, **vector_files.atomic_format(config))
     table = table_for_items(tokens, matrix, item_tokens, settings.missing_items, config["seed"], path)
     logging.getLogger().info(f"LLM item vectors: read from {path}, table {table.shape[0]} x {table.shape[1]}.")
     return table
@@ -191,12 +186,7 @@ def generated_table(config, dataset, settings, item_tokens):
 
 
 def table_from_cache(config, path, item_tokens):
-    tokens, matrix = vector_files.read_itememb(
-        path,
-        field_separator=config["field_separator"] or "\t",
-        seq_separator=config["seq_separator"] or " ",
-        encoding=config["encoding"] or "utf-8",
-    )
+    tokens, matrix = vector_files.read_itememb(path, **vector_files.atomic_format(config))
     return table_for_items(tokens, matrix, item_tokens, "error", None, path)
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from recbole_bifair.errors import BiFairInputError
+from recbole_bifair.llm.vector_files import atomic_format
 
 TEXT_TYPES = ("token", "token_seq")
 
@@ -144,12 +145,11 @@ def value_text(dataset, field, field_type, value):
 
 def fields_from_item_file(config, path):
     """Field texts read from a RecBole ``.item`` atomic file (the same parsing rules as RecBole)."""
-    field_separator = config["field_separator"] or "\t"
-    seq_separator = config["seq_separator"] or " "
+    atomic = atomic_format(config)
     try:
         frame = pd.read_csv(
-            path, delimiter=field_separator, dtype=str, keep_default_na=False,
-            encoding=config["encoding"] or "utf-8", engine="python",
+            path, delimiter=atomic["field_separator"], dtype=str, keep_default_na=False,
+            encoding=atomic["encoding"], engine="python",
         )
         fields = dict(column.split(":", 1) for column in frame.columns)
     except ValueError as error:
@@ -159,9 +159,12 @@ def fields_from_item_file(config, path):
     frame.columns = list(fields)
     iid_field = config["ITEM_ID_FIELD"]
     if iid_field not in fields:
-        return fields, {}, path
+        raise BiFairInputError(
+            f"The item text file {path} has no {iid_field} column, so its rows cannot be matched to "
+            f"items; add a '{iid_field}:token' column (ITEM_ID_FIELD), or give precomputed vectors in llm_emb_file."
+        )
     for field, field_type in fields.items():
         if field_type.endswith("seq"):
-            frame[field] = [" ".join(filter(None, value.split(seq_separator))) for value in frame[field]]
+            frame[field] = [" ".join(filter(None, value.split(atomic["seq_separator"]))) for value in frame[field]]
     rows = {row[iid_field]: row for row in frame.to_dict("records")}
     return fields, rows, path

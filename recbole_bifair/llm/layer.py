@@ -8,7 +8,8 @@ Everything here beyond "LLM vectors through a trainable projector" is our recons
 [ours], after public LLM-enhanced recommenders, not the BiFair paper's (unpublished) code:
 - ``preprocess_llm_table``: centring, PCA whitening (after UniSRec's whitening of text
   vectors) or l2-normalising the LLM table when it is loaded;
-- ``build_projector``: ``Linear(d, d/2) -> activation -> Linear(d/2, hidden)`` by default
+- ``build_projector``: ``Linear(d, hidden) -> activation -> Linear(hidden, width)`` by default
+  (``hidden`` = ``d/2`` unless ``projector_hidden`` is set, ``width`` the backbone's)
   (after LLM-ESR / AlphaRec; activation ``identity`` makes it linear, as LLM-ESR's adapter),
   optionally with a linear residual path;
 - ``DualView``: a trainable ID table fused with the projected LLM vector (after LLM-ESR's

@@ -14,6 +14,14 @@ from recbole_bifair.errors import BiFairInputError
 from recbole_bifair.files import open_text
 
 
+def atomic_format(config):
+    """How the dataset's atomic files are written, as RecBole reads them: ``field_separator``,
+    ``seq_separator`` and ``encoding`` of ``config``, with RecBole's defaults for unset ones."""
+    return {"field_separator": config["field_separator"] or "\t",
+            "seq_separator": config["seq_separator"] or " ",
+            "encoding": config["encoding"] or "utf-8"}
+
+
 def read_vector_file(path, ids_path=None, field_separator="\t", seq_separator=" ", encoding="utf-8"):
     """``(tokens, float32 matrix)`` from a ``.itememb`` file or a ``.npy`` matrix + ids file."""
     if not os.path.isfile(path):

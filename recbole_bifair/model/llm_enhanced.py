@@ -26,7 +26,7 @@ FAMILY_PREFIXES = ("BiFair", "GroupDRO", "IPS", "VarReg", "LLM")
 GROUP_FAIR_FAMILIES = ("BiFair", "GroupDRO", "IPS", "VarReg")
 
 # The backbones every family is tested with (tests/test_backbones.py); their item tables are
-# ``item_embedding`` or the ``llm_item_tables`` of ``properties/model/<Family><Backbone>.yaml``.
+# ``item_embedding`` or the ``llm_item_tables`` of ``properties/model/<Backbone>.yaml``.
 TESTED_BACKBONES = (
     "SASRec", "GRU4Rec", "BERT4Rec", "NARM", "STAMP", "Caser", "NextItNet", "FPMC",
     "BPR", "LightGCN", "NeuMF",
@@ -73,7 +73,7 @@ def item_table_names(model, config):
             raise BiFairInputError(
                 f"{type(model).__name__}: backbone has no item table '{name}' (an nn.Embedding) "
                 "to replace with the LLM layer; set llm_item_tables to the names of its item "
-                "embedding attributes (in properties/model/<Family><Backbone>.yaml or your config), "
+                "embedding attributes (in properties/model/<Backbone>.yaml or your config), "
                 f"or use one of the backbones that take it: {', '.join(TESTED_BACKBONES)}."
             )
     return names
@@ -95,7 +95,7 @@ def item_tables_by_shape(model, extra_rows=(0, 1)):
     raise BiFairInputError(
         f"{type(model).__name__}: backbone has {what}, so the LLM layer cannot tell which holds its "
         "items; set llm_item_tables to the names of its item embedding attributes (in "
-        "properties/model/<Family><Backbone>.yaml or your config)."
+        "properties/model/<Backbone>.yaml or your config)."
     )
 
 

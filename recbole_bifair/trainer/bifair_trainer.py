@@ -148,7 +148,7 @@ class BiFairTrainer(GroupFairTrainer):
         """The inner step; with ``llm_update: joint`` (a single-level control) E also takes the
         inner loss's gradient there, with the outer optimiser, and there is no outer step
         (``bifair_outer: False`` keeps E fixed in both schemes)."""
-        if not self._joint:
+        if not self.outer.trains_jointly:
             return super()._inner_step(interaction, epoch_idx, step)
         self.outer_optimizer.zero_grad()
         self.optimizer.zero_grad()
@@ -162,10 +162,6 @@ class BiFairTrainer(GroupFairTrainer):
                 clip_grad_norm_(params, **self.clip_grad_norm)
             optimizer.step()
         return loss.item()
-
-    @property
-    def _joint(self):
-        return self.outer.trains_jointly
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         self._epoch_diagnostics = []

@@ -126,7 +126,6 @@ class LookAheadObjective:
 
     def __init__(self, model, inner_names, llm_names, item_group, n_groups, combine_losses):
         self.module = _ExampleLossModule(model)
-        self.model = model
         self.inner_names = list(inner_names)
         self.llm_names = list(llm_names)
         self.item_group = item_group
@@ -263,7 +262,6 @@ def outer_hypergradient(problem, *, lookahead_batch, meta_batch):
     current ``theta`` and the second-order part by the implicit-function-theorem term, with its
     Hessian on ``lookahead_batch``."""
     settings = problem.settings
-    update = lookahead_update(settings, problem.optimizer, problem.theta)  # its state is keyed by theta
     theta = [t.detach().requires_grad_() for t in problem.theta]
     llm = [e.detach().requires_grad_() for e in problem.llm]
     if settings.mode == "implicit":
@@ -272,6 +270,7 @@ def outer_hypergradient(problem, *, lookahead_batch, meta_batch):
         theta_k = theta
     else:
         lookahead_random_state = capture_random_state()
+        update = lookahead_update(settings, problem.optimizer, problem.theta)  # its state is keyed by theta
         theta_k = unrolled_lookahead(problem.objective, theta, llm, lookahead_batch, settings, update)
     theta_at = [t.detach().requires_grad_() for t in theta_k]  # F's own partials, at theta_k
     value = outer_objective(problem, theta_at, llm, meta_batch)
@@ -441,7 +440,8 @@ def capture_random_state():
 
 
 def restore_random_state(state):
+    """Restore what ``capture_random_state`` took (the CUDA part only where CUDA is present)."""
     cpu, cuda = state
     torch.set_rng_state(cpu)
-    if cuda is not None:
+    if cuda is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda)

@@ -21,6 +21,7 @@ import torch
 
 from recbole_bifair.errors import BiFairInputError
 from recbole_bifair.files import save_atomically, write_text_atomically
+from recbole_bifair.trainer.bilevel import capture_random_state, restore_random_state
 
 LAST_SUFFIX = "-last"
 PARTIAL_SUFFIX = "-partial"
@@ -45,9 +46,10 @@ def sidecar_path(last_checkpoint):
 
 def random_states(train_data=None):
     """Every random generator a training epoch draws from (``train_data``'s shuffling too)."""
+    torch_rng, cuda_rng = capture_random_state()
     return {
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "torch_rng": torch_rng,
+        "cuda_rng": cuda_rng,
         "numpy_rng": np.random.get_state(),
         "python_rng": random.getstate(),
         "train_generator": train_data.generator.get_state() if getattr(train_data, "generator", None) else None,
@@ -55,9 +57,7 @@ def random_states(train_data=None):
 
 
 def restore_random_states(states, train_data=None):
-    torch.set_rng_state(states["torch_rng"])
-    if states["cuda_rng"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda_rng"])
+    restore_random_state((states["torch_rng"], states["cuda_rng"]))
     np.random.set_state(states["numpy_rng"])
     random.setstate(states["python_rng"])
     if states["train_generator"] is not None:

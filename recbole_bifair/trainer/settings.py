@@ -17,6 +17,7 @@ from recbole_bifair.trainer.bilevel import (
 STRATEGIES = ("softmax", "mgda", "dro", "uniform", "inverse_frequency", "fixed")
 INNER_WEIGHTINGS = ("group", "item_ips", "none")
 LLM_UPDATES = ("outer", "joint")
+LOOKAHEAD_LEARNERS = ("adam", "adamw", "sgd")  # the inner optimisers whose rule the look-ahead can follow
 
 
 @dataclass(frozen=True)
@@ -131,12 +132,19 @@ def hypergradient_settings(config):
     """:class:`HypergradientSettings` from the config, each bad value one clear error
     (``lookahead_lr: ~`` is the inner ``learning_rate``)."""
     truncate = config["lookahead_truncate"]
+    update = choice(config, "lookahead_update", LOOKAHEAD_UPDATES)
+    learner = str(config["learner"]).lower()
+    if update == "optimizer" and learner not in LOOKAHEAD_LEARNERS:
+        raise BiFairInputError(
+            f"lookahead_update: optimizer follows the inner optimiser's rule, known for "
+            f"{', '.join(LOOKAHEAD_LEARNERS)}; learner is {config['learner']!r}: use lookahead_update: sgd, "
+            "or one of those learners.")
     settings = dict(
         mode=choice(config, "hypergradient", HYPERGRADIENT_MODES),
         xi=number(config, "lookahead_lr", minimum=0.0, default=config["learning_rate"]),
         beta=number(config, "proximity_weight", minimum=0.0),
         steps=positive_int(config, "lookahead_steps"),
-        update=choice(config, "lookahead_update", LOOKAHEAD_UPDATES),
+        update=update,
         truncate=None if truncate is None else positive_int(config, "lookahead_truncate"),
         implicit_steps=positive_int(config, "implicit_steps"),
         implicit_lr=number(config, "implicit_lr", minimum=0.0, strictly_above=True),

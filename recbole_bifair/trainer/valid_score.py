@@ -1,11 +1,11 @@
-"""``valid_metric`` as a named trade-off of metrics, e.g. ``ndcg@10 - 0.5 * ndcg_gap@10``:
+"""``valid_metric`` as a named trade-off of metrics, e.g. ``ndcg@10 - 0.5 * ndcggap@10``:
 a sum of terms ``[coefficient *] metric``, chosen on the validation split (RecBole's trainers
 use it once ``compat.allow_trade_off_valid_metric`` is applied)."""
 from recbole_bifair.errors import BiFairInputError
 
 
 def parse_valid_metric(expression):
-    """``"ndcg@10 - 0.5*gap@10" -> [(1.0, "ndcg@10"), (-0.5, "gap@10")]`` (lower-cased names)."""
+    """``"ndcg@10 - 0.5*ndcggap@10" -> [(1.0, "ndcg@10"), (-0.5, "ndcggap@10")]`` (lower-cased names)."""
     terms = []
     for raw in expression.replace(" ", "").lower().replace("-", "+-").split("+"):
         if not raw:
@@ -17,7 +17,7 @@ def parse_valid_metric(expression):
         except ValueError:
             raise BiFairInputError(
                 f"valid_metric '{expression}': '{coefficient}' is not a number; write terms as "
-                "[coefficient *] metric, e.g. 'ndcg@10 - 0.5 * ndcg_gap@10'."
+                "[coefficient *] metric, e.g. 'ndcg@10 - 0.5 * ndcggap@10'."
             ) from None
         if not name:
             raise BiFairInputError(f"valid_metric '{expression}' has an empty term.")
