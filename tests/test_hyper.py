@@ -11,7 +11,7 @@ from recbole_bifair.errors import BiFairInputError
 def test_shipped_bifair_space_covers_the_fairness_knobs():
     params = {p.name: p for p in hyper.read_search_space(hyper.default_params_file("BiFairSASRec"))}
     assert set(params) == {"balancer", "balancer_temperature", "outer_learning_rate", "proximity_weight", "outer_every",
-                           "llm_view", "dual_fusion", "llm_preprocess", "projector_input_dropout",
+                           "llm_view", "dual_fusion", "dual_id_init", "llm_preprocess", "projector_input_dropout",
                            "hypergradient", "lookahead_update", "lookahead_lr", "lookahead_steps",
                            "outer_prior_weight"}
     assert params["llm_view"].values == ("llm", "dual")
