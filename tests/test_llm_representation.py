@@ -116,7 +116,7 @@ def test_dual_view_model_keeps_e_as_the_only_outer_parameter(tiny, model):
 
 
 def test_pca_id_init_comes_from_the_llm_table_and_random_from_the_backbone(tiny):
-    *_, pca_model, _ = tiny("LLMSASRec", llm_view="dual")
+    *_, pca_model, _ = tiny("LLMSASRec", llm_view="dual", dual_id_init="pca")
     *_, random_model, _ = tiny("LLMSASRec", llm_view="dual", dual_id_init="random")
     pca_layer = pca_model.llm_item_embeddings()[0]
     expected = pca_item_table(pca_layer.llm_weight_init, 16, float(random_model.llm_item_embeddings()[0].dual_view.id_weight.detach().std()))
@@ -141,8 +141,8 @@ def test_residual_projector_drops_the_same_features_on_both_paths():
 
 
 def test_pca_id_table_comes_from_the_table_as_loaded_when_whitened(tiny):
-    *_, whitened, _ = tiny("LLMSASRec", llm_view="dual", llm_preprocess="whiten")
-    *_, plain, _ = tiny("LLMSASRec", llm_view="dual")
+    *_, whitened, _ = tiny("LLMSASRec", llm_view="dual", dual_id_init="pca", llm_preprocess="whiten")
+    *_, plain, _ = tiny("LLMSASRec", llm_view="dual", dual_id_init="pca")
     assert torch.allclose(whitened.llm_item_embeddings()[0].dual_view.id_weight,
                           plain.llm_item_embeddings()[0].dual_view.id_weight, atol=1e-6)
     column_variances = whitened.llm_item_embeddings()[0].dual_view.id_weight[1:].var(dim=0)
