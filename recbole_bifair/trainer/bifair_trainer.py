@@ -21,11 +21,9 @@ from torch.nn.utils import clip_grad_norm_
 from recbole_bifair import distributed
 from recbole_bifair.errors import BiFairInputError
 from recbole_bifair.evaluator.prior import PriorLoss
-from recbole_bifair.trainer.bilevel import (
-    LookAheadObjective, OuterProblem, PriorTerm, capture_random_state, outer_hypergradient,
-    restore_random_state,
-)
+from recbole_bifair.trainer.bilevel import LookAheadObjective, OuterProblem, PriorTerm, outer_hypergradient
 from recbole_bifair.trainer.group_fair_trainer import GroupFairTrainer
+from recbole_bifair.trainer.resume import capture_random_state, restore_random_state
 from recbole_bifair.trainer.settings import OuterLevelSettings
 
 

@@ -41,6 +41,7 @@ from torch.func import functional_call
 from recbole_bifair.trainer.losses import (
     example_losses, gradients, group_gradients_over, group_mean_losses, weighted_group_loss,
 )
+from recbole_bifair.trainer.resume import capture_random_state, restore_random_state
 
 HYPERGRADIENT_MODES = ("first_order", "finite_difference", "exact", "implicit")
 LOOKAHEAD_UPDATES = ("sgd", "optimizer")
@@ -432,16 +433,3 @@ def finite_difference_mixed_hvp(objective, theta, llm, batch, v, random_state):
     plus, minus = grad_llm_at(1.0), grad_llm_at(-1.0)
     restore_random_state(after)
     return [(p - m) / (2 * eps) for p, m in zip(plus, minus)]
-
-
-def capture_random_state():
-    """The CPU and CUDA random states (dropout masks), to replay or restore."""
-    return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
-
-
-def restore_random_state(state):
-    """Restore what ``capture_random_state`` took (the CUDA part only where CUDA is present)."""
-    cpu, cuda = state
-    torch.set_rng_state(cpu)
-    if cuda is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)

@@ -21,7 +21,6 @@ import torch
 
 from recbole_bifair.errors import BiFairInputError
 from recbole_bifair.files import save_atomically, write_text_atomically
-from recbole_bifair.trainer.bilevel import capture_random_state, restore_random_state
 
 LAST_SUFFIX = "-last"
 PARTIAL_SUFFIX = "-partial"
@@ -42,6 +41,19 @@ def partial_checkpoint_path(last_checkpoint):
 def sidecar_path(last_checkpoint):
     """The JSON sidecar beside a last checkpoint."""
     return os.path.splitext(last_checkpoint)[0] + ".json"
+
+
+def capture_random_state():
+    """The CPU and CUDA random states (dropout masks), to replay or restore."""
+    return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+
+
+def restore_random_state(state):
+    """Restore what ``capture_random_state`` took (the CUDA part only where CUDA is present)."""
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def random_states(train_data=None):
