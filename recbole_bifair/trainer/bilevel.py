@@ -45,6 +45,7 @@ from recbole_bifair.trainer.resume import capture_random_state, restore_random_s
 
 HYPERGRADIENT_MODES = ("first_order", "finite_difference", "exact", "implicit")
 LOOKAHEAD_UPDATES = ("sgd", "optimizer")
+LOOKAHEAD_LEARNERS = ("adam", "adamw", "sgd")  # the inner optimisers whose rule lookahead_update can follow
 IMPLICIT_SOLVERS = ("neumann", "cg")
 
 

@@ -11,13 +11,12 @@ from typing import Optional, Tuple
 from recbole_bifair.config_values import choice, flag, non_negative_int, number, positive_int
 from recbole_bifair.errors import BiFairInputError
 from recbole_bifair.trainer.bilevel import (
-    HYPERGRADIENT_MODES, IMPLICIT_SOLVERS, LOOKAHEAD_UPDATES, HypergradientSettings,
+    HYPERGRADIENT_MODES, IMPLICIT_SOLVERS, LOOKAHEAD_LEARNERS, LOOKAHEAD_UPDATES, HypergradientSettings,
 )
 
 STRATEGIES = ("softmax", "mgda", "dro", "uniform", "inverse_frequency", "fixed")
 INNER_WEIGHTINGS = ("group", "item_ips", "none")
 LLM_UPDATES = ("outer", "joint")
-LOOKAHEAD_LEARNERS = ("adam", "adamw", "sgd")  # the inner optimisers whose rule the look-ahead can follow
 
 
 @dataclass(frozen=True)
