@@ -528,6 +528,29 @@ def test_significance_over_test_users(tmp_path):
     assert full["ndcg@10"]["Better"].endswith(" *") and full["groupndcg@10_g1"]["WorseInG1"].endswith(" †")
 
 
+def test_reference_from_the_command_line_writes_its_own_report(tmp_path):
+    """``--reference NAME`` marks significance against NAME in ``<dataset>_vs_<NAME>.md`` and
+    leaves the report against the spec's reference as it was; an unknown name is one error."""
+    spec = fabricated_spec(tmp_path, ["Reference", "Better"], reference="Reference")
+    n = 200
+    groups = np.arange(n) % 2
+    write_records(spec, lambda name, seed: user_fields(user_values(seed) + (0.05 if name == "Better" else 0.0),
+                                                       groups))
+    spec_path, output = str(tmp_path / "spec.yaml"), spec.output_dir
+    assert benchmark.benchmark_main([spec_path, "--output_dir", output, "--report-only"]) == 0
+    own = open(os.path.join(output, "tiny.md"), encoding="utf-8").read()
+    assert benchmark.benchmark_main([spec_path, "--output_dir", output, "--report-only",
+                                     "--reference", "Better"]) == 0
+    assert open(os.path.join(output, "tiny.md"), encoding="utf-8").read() == own
+    against_better = open(os.path.join(output, "tiny_vs_Better.md"), encoding="utf-8").read()
+    main = markdown_rows(against_better, "## Main results")
+    assert main["Reference"]["ndcg@10"].endswith(" †") and not main["Better (reference)"]["ndcg@10"].endswith("*")
+    assert markdown_rows(own, "## Main results")["Better"]["ndcg@10"].endswith(" *")
+    assert os.path.isfile(os.path.join(output, "tiny_vs_Better.csv"))
+    assert benchmark.benchmark_main([spec_path, "--output_dir", output, "--report-only",
+                                     "--reference", "Nope"]) == 2
+
+
 def test_significance_over_seeds_for_group_level_metrics(tmp_path):
     spec = fabricated_spec(tmp_path, ["Reference", "Fairer", "Noisy", "OneSeed"], reference="Reference")
     values = {  # ndcg@10, ndcggap@10, ndcgworst@10 per seed 2020, 2021, 2022; no per-user values

@@ -4,7 +4,7 @@ a fresh process, and writes per-dataset tables (mean and std over seeds) and plo
     python run_recbole_bifair.py --benchmark=benchmarks/ml-100k.yaml
     python -m recbole_bifair.benchmark benchmarks/ml-100k.yaml [--models SASRec,LLMSASRec]
         [--datasets ml-100k] [--seeds 2020] [--set epochs=1 --set MAX_ITEM_LIST_LENGTH=10]
-        [--output_dir DIR] [--force] [--report-only] [--verbose]
+        [--output_dir DIR] [--force] [--report-only] [--reference NAME] [--verbose]
 
 Spec::
 
@@ -38,6 +38,8 @@ the same config is skipped (``--force`` re-runs it); failed runs and runs whose 
 are run again. ``<dataset>.md``, ``<dataset>.csv`` and the plots ``<dataset>_group_ndcg.png``,
 ``<dataset>_tradeoff.png`` (matplotlib, ``pip install recbole-bifair[plot]``) cover every
 recorded run of the spec, ``--report-only`` rebuilds them without running anything.
+``--reference NAME`` marks significance against another model of the spec than its
+``reference`` and writes ``<dataset>_vs_<NAME>.*`` beside the spec's own report.
 
 A record also keeps what the convergence and significance columns need: ``best_epoch``,
 ``valid_scores``, the epoch cap and ``stopping_step`` of the resolved config, and

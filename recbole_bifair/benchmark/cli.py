@@ -33,6 +33,8 @@ def parse_benchmark_args(argv):
     parser.add_argument("--output_dir", help="where results go (default: the spec's, else results/<name>)")
     parser.add_argument("--force", action="store_true", help="run finished runs again")
     parser.add_argument("--report-only", action="store_true", help="only rebuild tables and plots")
+    parser.add_argument("--reference", help="mark significance against this model (display name) instead of the "
+                                            "spec's reference; the report goes to <dataset>_vs_<name>.md")
     parser.add_argument("--verbose", action="store_true", help="show every log line of the runs")
     args, unknown = parser.parse_known_args(argv)
     args.spec = args.spec or args.spec_option
@@ -66,7 +68,8 @@ def _benchmark_command(argv, prog):
     args = parse_benchmark_args(argv)
     if args.unknown:
         logger.warning(f"Ignored arguments: {' '.join(args.unknown)}")
-    spec = load_spec(args.spec, output_dir=args.output_dir, overrides=parse_overrides(args.overrides))
+    spec = load_spec(args.spec, output_dir=args.output_dir, overrides=parse_overrides(args.overrides),
+                     reference=args.reference)
     seeds = _csv_list(args.seeds)
     if seeds and not all(s.lstrip("-").isdigit() for s in seeds):
         raise BiFairInputError(f"--seeds {args.seeds!r}: give comma-separated integers, e.g. --seeds 2020,2021.")

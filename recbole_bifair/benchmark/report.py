@@ -408,7 +408,7 @@ def write_reports(spec, command=""):
             continue
         table = summary_table(dataset_runs, spec)
         columns = metric_columns(dataset_runs)
-        base = os.path.join(spec.output_dir, _safe(dataset))
+        base = os.path.join(spec.output_dir, _safe(dataset) + spec.report_suffix)
         write_text_atomically(base + ".csv", table.to_csv(index=False))
         plots, plot_notes = write_plots(table, base, spec.report_k)
         for note in plot_notes:

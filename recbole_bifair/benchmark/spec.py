@@ -40,6 +40,7 @@ class Spec:
     overrides: dict = field(default_factory=dict)
     reference: str = None
     ratio_to: List[str] = field(default_factory=list)
+    report_suffix: str = ""
 
 
 @dataclass
@@ -54,8 +55,10 @@ class RunPlan:
 
 # ---- the spec ----------------------------------------------------------------------------
 
-def load_spec(path, output_dir=None, overrides=None):
-    """The :class:`Spec` of a YAML file, validated (BiFairInputError)."""
+def load_spec(path, output_dir=None, overrides=None, reference=None):
+    """The :class:`Spec` of a YAML file, validated (BiFairInputError). ``reference``, a display
+    name of its models, replaces the spec's for the report, which is then written as
+    ``<dataset>_vs_<reference>.*`` so that the report against the spec's own reference stays."""
     if not os.path.isfile(path):
         raise BiFairInputError(f"Benchmark spec {path!r} not found: give the path of a YAML spec.")
     raw = _read_spec_mapping(path)
@@ -66,6 +69,9 @@ def load_spec(path, output_dir=None, overrides=None):
     if output_dir:
         spec.output_dir = output_dir
     spec.overrides = dict(overrides or {})
+    if reference is not None:
+        spec.reference = _reference(reference, spec.models, "--reference")
+        spec.report_suffix = "_vs_" + _safe(reference)
     return spec
 
 
