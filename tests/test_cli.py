@@ -299,10 +299,19 @@ def test_bad_plugin_settings_fail_when_the_config_is_made(model, settings, messa
         Config(model=model, dataset="no-such-dataset", config_dict=settings)
 
 
-def test_a_model_file_sets_one_family_on_one_backbone_under_the_users_settings():
-    """``properties/model/BiFairGRU4Rec.yaml`` (T = 2, chosen on valid) applies to that model only,
-    and a user's setting still wins."""
+def test_a_model_file_sets_one_family_on_one_backbone_under_the_users_settings(tmp_path, monkeypatch):
+    """A ``properties/model/<Family><Backbone>.yaml`` (here a BiFairGRU4Rec.yaml with T = 2)
+    applies to that model only, and a user's setting still wins."""
+    import shutil
+
+    import recbole_bifair.config
     from recbole_bifair.config import Config
+    from recbole_bifair.utils import properties_dir
+
+    properties = tmp_path / "properties"
+    shutil.copytree(properties_dir(), properties)
+    (properties / "model" / "BiFairGRU4Rec.yaml").write_text("balancer_temperature: 2.0\n")
+    monkeypatch.setattr(recbole_bifair.config, "properties_dir", lambda: str(properties))
 
     temperature = {model: Config(model=model, dataset="ml-100k")["balancer_temperature"]
                    for model in ("BiFairGRU4Rec", "BiFairSASRec", "GroupDROGRU4Rec")}
