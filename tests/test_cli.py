@@ -300,8 +300,9 @@ def test_bad_plugin_settings_fail_when_the_config_is_made(model, settings, messa
 
 
 def test_a_model_file_sets_one_family_on_one_backbone_under_the_users_settings(tmp_path, monkeypatch):
-    """A ``properties/model/<Family><Backbone>.yaml`` (here a BiFairGRU4Rec.yaml with T = 2)
-    applies to that model only, and a user's setting still wins."""
+    """A ``properties/model/<Family><Backbone>.yaml`` (here a BiFairGRU4Rec.yaml with T = 2, and
+    the shipped BiFairBERT4Rec.yaml's T = 3) applies to that model only, and a user's setting
+    still wins."""
     import shutil
 
     import recbole_bifair.config
@@ -314,7 +315,7 @@ def test_a_model_file_sets_one_family_on_one_backbone_under_the_users_settings(t
     monkeypatch.setattr(recbole_bifair.config, "properties_dir", lambda: str(properties))
 
     temperature = {model: Config(model=model, dataset="ml-100k")["balancer_temperature"]
-                   for model in ("BiFairGRU4Rec", "BiFairSASRec", "GroupDROGRU4Rec")}
-    assert temperature == {"BiFairGRU4Rec": 2.0, "BiFairSASRec": 1.0, "GroupDROGRU4Rec": 1.0}
+                   for model in ("BiFairGRU4Rec", "BiFairBERT4Rec", "BiFairSASRec", "GroupDROGRU4Rec")}
+    assert temperature == {"BiFairGRU4Rec": 2.0, "BiFairBERT4Rec": 3.0, "BiFairSASRec": 1.0, "GroupDROGRU4Rec": 1.0}
     users = Config(model="BiFairGRU4Rec", dataset="ml-100k", config_dict={"balancer_temperature": 0.5})
     assert users["balancer_temperature"] == 0.5
