@@ -818,7 +818,11 @@ def test_a_run_interrupted_mid_way_continues_from_its_last_checkpoint(tmp_path):
     import signal
 
     spec = write_spec(str(tmp_path), models=[{"name": "SASRec", "model": "SASRec"}], seeds=[2020])
-    command = [sys.executable, "-m", "recbole_bifair.benchmark", spec, "--set", "epochs=4", "--set", "stopping_step=100"]
+    # enough epochs that the last checkpoint outlives several polls on a fast, idle machine: a
+    # finished run removes it
+    epochs = 20
+    command = [sys.executable, "-m", "recbole_bifair.benchmark", spec, "--set", f"epochs={epochs}", "--set",
+               "stopping_step=100"]
     out, straight = str(tmp_path / "out"), str(tmp_path / "straight")
     harness = subprocess.Popen(command + ["--output_dir", out], cwd=str(tmp_path),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -838,7 +842,7 @@ def test_a_run_interrupted_mid_way_continues_from_its_last_checkpoint(tmp_path):
     (resumed,), (uninterrupted,) = (list((tmp_path / d / "runs").glob("*.json")) for d in ("out", "straight"))
     resumed, uninterrupted = (json.loads(path.read_text()) for path in (resumed, uninterrupted))
     assert resumed["resumed"] and not uninterrupted["resumed"]
-    assert resumed["epochs"] == uninterrupted["epochs"] == 4
+    assert resumed["epochs"] == uninterrupted["epochs"] == epochs
     assert resumed["test_result"] == pytest.approx(uninterrupted["test_result"], rel=1e-4)
 
 
