@@ -185,6 +185,7 @@ def check_plugin_settings(config, family):
     """The plugin's settings blocks (``item_group``, ``rerank``) and those of its families
     (``llm.settings``, ``trainer.settings``), built here once so that a bad value is one error
     before the data is read."""
+    from recbole_bifair.config_values import number
     from recbole_bifair.evaluator.groups import item_group_config
     from recbole_bifair.evaluator.rerank import rerank_config
     from recbole_bifair.llm.settings import LLMLayerSettings
@@ -198,6 +199,8 @@ def check_plugin_settings(config, family):
         GroupFairSettings.from_config(config)
     if family == "BiFair":
         OuterLevelSettings.from_config(config)
+    if family == "LogitAdj":
+        number(config, "logit_adjust_tau", minimum=0.0)
 
 
 def check_run_settings(config):

@@ -109,7 +109,8 @@ def run_recbole_bifair(model=None, dataset=None, config_file_list=None, config_d
     ``valid_scores`` (``[epoch, score]`` per validation), ``best_epoch`` (the epoch whose model
     was tested), for LLM-enhanced models ``prior_fairness`` (the cosine recommender over ``E0``
     and the learned ``E``), and for BiFair ``hypergradient_diagnostics`` (per epoch: the
-    second-order share of the hypergradient and its cosine to the direct part).
+    second-order share of the hypergradient and its cosine to the direct part) and
+    ``outer_parameters`` (``||E - E0|| / ||E0||`` and the learned popularity gates).
     In a multi-process run (``run``), rank 0 also puts it on ``queue``."""
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
     init_seed(config["seed"], config["reproducibility"])
@@ -151,6 +152,9 @@ def run_recbole_bifair(model=None, dataset=None, config_file_list=None, config_d
     }
     if getattr(trainer, "diagnostics", None):
         result["hypergradient_diagnostics"] = trainer.diagnostics
+    if getattr(model, "bifair", False):
+        result["outer_parameters"] = model.outer_parameter_summary()
+        logger.info(set_color("outer parameters", "blue") + f": {result['outer_parameters']}")
     if test_data and hasattr(model, "llm_item_embeddings") and model.llm_item_embeddings() and uses_item_groups(config):
         # prior unfairness [ours]: the cosine recommender over E0 / E, evaluated as the model was
         from recbole_bifair.evaluator import format_prior_fairness, prior_fairness

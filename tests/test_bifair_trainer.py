@@ -31,8 +31,10 @@ def deterministic():
     torch.use_deterministic_algorithms(False)
 
 
-def test_resume_continues_exactly(tiny, deterministic):
-    settings = dict(epochs=2, eval_step=1, stopping_step=100, outer_every=1, valid_metric="Recall@10")
+@pytest.mark.parametrize("variant", [{}, dict(meta_split="last_train_item", dual_fusion="popularity_gate",
+                                              train_batch_size=128)], ids=["default", "meta-split-gate"])
+def test_resume_continues_exactly(tiny, deterministic, variant):
+    settings = dict(epochs=2, eval_step=1, stopping_step=100, outer_every=1, valid_metric="Recall@10", **variant)
     _, train_data, valid_data, _, _, straight = tiny(**settings)
     straight.fit(train_data, valid_data, saved=False)
     expected = _final_parameters(straight)

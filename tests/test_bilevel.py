@@ -22,7 +22,7 @@ def setting(tiny):
     train_batch, meta_batch = next(batches), next(batches)
     n_groups = trainer.item_groups.n_groups
     theta = [p for _, p in trainer._inner_named]
-    llm = [p for _, p in trainer._llm_named]
+    llm = [p for _, p in trainer._outer_named]
     llm_init = [layer.llm_weight_init for layer in model.llm_item_embeddings()]
     return trainer.objective, theta, llm, llm_init, train_batch, meta_batch, n_groups
 
@@ -115,7 +115,7 @@ def test_prior_term_adds_its_group_weighted_gradient_to_the_direct_part(tiny, ow
     with_prior = trainer._hypergradient(lookahead_batch, meta_batch, trainer.hypergradient, trainer.outer_balancer, prior)
     without = trainer._hypergradient(lookahead_batch, meta_batch, trainer.hypergradient, trainer.outer_balancer, None)
 
-    table = trainer._llm_named[0][1].detach().requires_grad_()
+    table = trainer._outer_named[0][1].detach().requires_grad_()
     losses, items = prior.loss.example_losses(table, meta_batch)
     group_losses, counts = group_mean_losses(losses, trainer._item_group[items], trainer.item_groups.n_groups)
     present = counts > 0
@@ -183,7 +183,7 @@ def test_lookahead_inner_loss_is_the_inner_steps_loss(tiny, settings):
     model.eval()
     batch = next(iter(train_data))
     theta = [p for _, p in trainer._inner_named]
-    llm = [p for _, p in trainer._llm_named]
+    llm = [p for _, p in trainer._outer_named]
     with torch.no_grad():
         step_loss = trainer._inner_loss(batch)
     lookahead = trainer.objective.inner_loss(theta, llm, batch)

@@ -15,7 +15,7 @@ LAYERS = [
     ["llm"],
     ["evaluator"],
     ["data"],
-    ["trainer.losses", "trainer.balancer", "trainer.valid_score", "trainer.resume"],
+    ["trainer.losses", "trainer.balancer", "trainer.valid_score", "trainer.resume", "trainer.meta_split"],
     ["trainer.bilevel"],
     ["trainer.settings"],
     ["trainer.group_fair_trainer"],

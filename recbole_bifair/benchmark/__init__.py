@@ -16,6 +16,11 @@ Spec::
       - name: SASRec            # display name, unique
         model: SASRec           # any name run_recbole_bifair accepts
         config: {...}           # overrides of `shared` for this model (optional)
+        sweep: {ips_power: [0.25, 0.5, 1.0]}   # optional: one entry per value of one key (the
+                                # method's knob), named "<name> ips_power=0.25"; a dotted key
+                                # (rerank.candidates) sets one key of a config block
+    reuse: [results/ml-100k-main]   # optional: studies whose finished runs of the same
+                                # fingerprint (config, dataset, seed, versions) are taken, not repeated
     output_dir: ~               # optional; relative to the working folder
     report_k: 10                # optional; the cut-off of the headline columns and plots
     keep_checkpoints: false     # optional; keep each run's best-validation checkpoint
@@ -50,7 +55,10 @@ the cap without early stopping), mark significant differences to ``reference`` (
 over test users for NDCG@k and per-group NDCG@k, over seeds for the gap and the worst group;
 p < 0.05), give every model's means as ratios to the ``ratio_to`` models' over the seeds both
 have (NDCG@k, gap, worst, head and tail group; test and valid) and, when a record has
-``prior_fairness``, its E0 and E columns.
+``prior_fairness``, its E0 and E columns. A spec that sweeps adds the frontier section
+(``frontier``): each method's (gap, NDCG@k) points over its knob on valid and test, the NDCG@k
+the first swept BiFair method keeps at the other methods' gaps, a paired bootstrap over test
+users, and the plots ``<dataset>_frontier_valid.png`` / ``_test.png``.
 """
 import importlib
 

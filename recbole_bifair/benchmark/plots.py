@@ -81,3 +81,48 @@ def plot_tradeoff(plt, table, k):
     axes.set_ylabel(f"NDCG@{k} (higher is better)")
     axes.grid(alpha=0.3)
     return figure, None
+
+
+def write_frontier_plots(curves_by_split, base, k):
+    """``<base>_frontier_<split>.png`` for each split of ``curves_by_split`` (``{split: {method:
+    [FrontierPoint]}}``) that has a swept method; returns the paths (none without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    paths = []
+    for split, curves in curves_by_split.items():
+        if not any(len(points) > 1 for points in curves.values()):
+            continue
+        figure = plot_frontier(plt, curves, k, split)
+        path = f"{base}_frontier_{split}.png"
+        with replaced_atomically(path, "wb") as png:
+            figure.savefig(png, format="png", dpi=120, bbox_inches="tight")
+        plt.close(figure)
+        paths.append(path)
+    return paths
+
+
+def plot_frontier(plt, curves, k, split):
+    """NDCG@k (y) against the gap (x): each method's points joined in order of gap, error bars
+    over seeds, each point labelled with its knob value."""
+    figure, axes = plt.subplots(figsize=(7, 5))
+    for method, points in curves.items():
+        ordered = sorted(points, key=lambda p: p.gap)
+        line = axes.errorbar([p.gap for p in ordered], [p.ndcg for p in ordered],
+                             xerr=np.nan_to_num([p.gap_std for p in ordered]),
+                             yerr=np.nan_to_num([p.ndcg_std for p in ordered]),
+                             fmt="o-" if len(ordered) > 1 else "s", capsize=2, label=method)
+        for p in ordered:
+            if p.knob is not None:
+                axes.annotate(str(p.knob), (p.gap, p.ndcg), textcoords="offset points", xytext=(3, 3),
+                              fontsize="x-small", color=line[0].get_color())
+    axes.set_xlabel(f"NDCG@{k} gap between item groups (max - min; lower is fairer)")
+    axes.set_ylabel(f"NDCG@{k} (higher is better)")
+    axes.set_title(f"{split}: each method over its knob")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="x-small")
+    return figure

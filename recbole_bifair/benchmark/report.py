@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from recbole_bifair.benchmark.plots import group_columns, per_group_metrics, write_plots
+from recbole_bifair.benchmark.frontier import frontier_points, frontier_section
+from recbole_bifair.benchmark.plots import group_columns, per_group_metrics, write_frontier_plots, write_plots
 from recbole_bifair.benchmark.records import METRIC_DIGITS
 from recbole_bifair.benchmark.spec import _safe, load_record, plan_runs
 from recbole_bifair.evaluator.register import metric_is_smaller_better
@@ -411,6 +412,10 @@ def write_reports(spec, command=""):
         base = os.path.join(spec.output_dir, _safe(dataset) + spec.report_suffix)
         write_text_atomically(base + ".csv", table.to_csv(index=False))
         plots, plot_notes = write_plots(table, base, spec.report_k)
+        ok = dataset_runs[dataset_runs["status"] == "ok"]
+        if any(entry.knob for entry in spec.models):
+            plots += write_frontier_plots({split: frontier_points(ok, spec, split) for split in ("valid", "test")},
+                                          base, spec.report_k)
         for note in plot_notes:
             logger.warning(note)
         write_text_atomically(base + ".md", markdown_report(spec, dataset, table, columns, dataset_runs, command,
@@ -456,6 +461,7 @@ def markdown_report(spec, dataset, table, columns, runs, command, plots, plot_no
                   "The model each run tests is its best epoch on valid; these are its valid values, "
                   "mean ± std over the seeds. Choose settings on these, never on the test tables.", "",
                   validation, ""]
+    lines += frontier_section(ok, spec)
     lines += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots]
     lines += [f"_{note}_" for note in plot_notes]
     lines += ["", "## All test metrics", "", full, ""]

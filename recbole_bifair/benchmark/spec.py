@@ -2,6 +2,8 @@
 planning of its runs: what each run computes (its config and fingerprint) and where its record,
 log and checkpoints go."""
 import copy
+import functools
+import glob
 import hashlib
 import json
 import os
@@ -16,14 +18,19 @@ from recbole_bifair.errors import BiFairInputError
 
 
 SPEC_KEYS = {"name", "datasets", "seeds", "shared", "models", "output_dir", "report_k", "keep_checkpoints",
-             "reference", "ratio_to"}
+             "reference", "ratio_to", "reuse"}
+MODEL_ENTRY_KEYS = {"name", "model", "config", "sweep"}
 
 
 @dataclass
 class ModelEntry:
+    """One model of a spec. An entry expanded from a ``sweep`` has ``method`` (the display name
+    of the swept entry) and ``knob`` (``(key, value)``): the points of that method's frontier."""
     name: str
     model: str
     config: dict = field(default_factory=dict)
+    method: str = None
+    knob: tuple = None
 
 
 @dataclass
@@ -41,6 +48,7 @@ class Spec:
     reference: str = None
     ratio_to: List[str] = field(default_factory=list)
     report_suffix: str = ""
+    reuse: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -120,6 +128,7 @@ def spec_from_dict(raw, default_name="benchmark"):
         keep_checkpoints=bool(raw.get("keep_checkpoints", False)),
         reference=_reference(raw.get("reference"), models),
         ratio_to=_ratio_to(raw.get("ratio_to"), raw.get("reference"), models),
+        reuse=_string_list(raw["reuse"], "reuse") if raw.get("reuse") else [],
     )
 
 
@@ -145,7 +154,8 @@ def _ratio_to(value, reference, models):
 
 
 def model_entries(models):
-    """The ``models`` list as :class:`ModelEntry` objects (unique display names)."""
+    """The ``models`` list as :class:`ModelEntry` objects (unique display names), each
+    ``sweep`` expanded into one entry per value."""
     if not isinstance(models, list) or not models:
         raise BiFairInputError("Benchmark spec: models must be a non-empty list of {name, model, config}.")
     entries = []
@@ -154,10 +164,15 @@ def model_entries(models):
             item = {"name": item, "model": item}
         if not isinstance(item, dict) or not item.get("model"):
             raise BiFairInputError(f"Benchmark spec: each model needs at least `model: <ModelName>`, got {item!r}.")
+        unknown = sorted(set(item) - MODEL_ENTRY_KEYS)
+        if unknown:
+            raise BiFairInputError(f"Benchmark spec: unknown key(s) {unknown} in model {item['model']!r}: "
+                                   f"the keys are {sorted(MODEL_ENTRY_KEYS)}.")
         config = item.get("config") or {}
         if not isinstance(config, dict):
             raise BiFairInputError(f"Benchmark spec: config of model {item['model']!r} must be a mapping.")
-        entries.append(ModelEntry(name=str(item.get("name") or item["model"]), model=str(item["model"]), config=config))
+        entry = ModelEntry(name=str(item.get("name") or item["model"]), model=str(item["model"]), config=config)
+        entries.extend(swept_entries(entry, item["sweep"]) if "sweep" in item else [entry])
     names = [entry.name for entry in entries]
     with_commas = [n for n in names if "," in n]
     if with_commas:
@@ -167,6 +182,37 @@ def model_entries(models):
     if duplicates:
         raise BiFairInputError(f"Benchmark spec: model names must be unique; repeated: {duplicates}.")
     return entries
+
+
+def swept_entries(entry, sweep):
+    """``sweep: {key: [v1, v2, ...]}`` (one key, the method's knob): one entry per value, named
+    ``"<name> key=value"``, its config the entry's with ``key: value``. A dotted key sets one
+    key of a config block (``rerank.candidates``)."""
+    if not isinstance(sweep, dict) or len(sweep) != 1:
+        raise BiFairInputError(f"Benchmark spec: sweep of model {entry.name!r} must map one config key to a "
+                               f"list of values, e.g. sweep: {{ips_power: [0.25, 0.5, 1.0]}}; got {sweep!r}.")
+    (key, values), = sweep.items()
+    if not isinstance(values, list) or not values:
+        raise BiFairInputError(f"Benchmark spec: sweep {key!r} of model {entry.name!r} needs a non-empty list "
+                               f"of values, got {values!r}.")
+    return [ModelEntry(name=f"{entry.name} {key}={_value_text(value)}", model=entry.model,
+                       config=_with_value(entry.config, key, value), method=entry.name, knob=(key, value))
+            for value in values]
+
+
+def _with_value(config, key, value):
+    block, dot, inner = key.partition(".")
+    if not dot:
+        return {**config, key: value}
+    given = config.get(block) or {}
+    if not isinstance(given, dict):
+        raise BiFairInputError(f"Benchmark spec: sweep {key!r} sets a key of block {block!r}, which is {given!r}, "
+                               "not a mapping.")
+    return {**config, block: {**given, inner: value}}
+
+
+def _value_text(value):
+    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
 
 
 def _string_list(value, key):
@@ -255,7 +301,10 @@ RUN_CONTROL_KEYS = ("resume",)
 # such a setting keeps the runs recorded before it.
 INERT_SETTINGS = {"outer_prior_weight": (0.0, ("outer_prior_temperature", "outer_prior_balancer")),
                   "outer_prior_balancer": (None, ()),
-                  "balancer_contrast": (None, ())}
+                  "balancer_contrast": (None, ()),
+                  "meta_split": (None, ()),
+                  "outer_llm_table": (True, ()),
+                  "outer_gate_learning_rate": (None, ())}
 
 
 def resolved_identity(model, dataset, config):
@@ -298,8 +347,30 @@ def record_path(spec, plan):
 
 
 def load_record(spec, plan):
-    """The saved record of ``plan``, or None when there is none or it is unreadable."""
-    return _read_json(record_path(spec, plan))
+    """The saved record of ``plan``, or None when there is none or it is unreadable. Without one
+    of its own, a finished run of the same fingerprint recorded by another study of ``reuse``
+    (its ``runs/`` folder) is taken: the same config, dataset, seed and versions, so the same
+    run."""
+    record = _read_json(record_path(spec, plan))
+    if record is None and spec.reuse:
+        record = reusable_records(tuple(_reuse_dirs(spec))).get(plan.fingerprint)
+    return record
+
+
+def _reuse_dirs(spec):
+    return [resolve_data_path(path, spec.spec_dir) for path in spec.reuse]
+
+
+@functools.lru_cache(maxsize=None)
+def reusable_records(study_dirs):
+    """``{fingerprint: record}`` of the finished runs recorded in ``study_dirs``."""
+    found = {}
+    for study in study_dirs:
+        for path in sorted(glob.glob(os.path.join(study, "runs", "*.json"))):
+            record = _read_json(path)
+            if record and record.get("status") == "ok" and record.get("fingerprint"):
+                found.setdefault(record["fingerprint"], record)
+    return found
 
 
 def is_finished(record, plan):

@@ -32,7 +32,7 @@ ACTIVATIONS = {
 
 LLM_PREPROCESSING = ("none", "center", "whiten", "l2")
 LLM_VIEWS = ("llm", "dual")
-DUAL_FUSIONS = ("sum", "concat", "gate")
+DUAL_FUSIONS = ("sum", "concat", "gate", "popularity_gate")
 ID_INITS = ("pca", "random")
 
 
@@ -157,27 +157,56 @@ def pca_item_table(llm_table, dim, std, padding_idx=0):
 
 class DualView(nn.Module):
     """A trainable ID table fused with the projected LLM vectors of the same items:
-    ``sum`` (id + llm), ``concat`` (``Linear([id; llm])``) or ``gate``
-    (``g * id + (1 - g) * llm``, ``g = sigmoid(Linear([id; llm]))``)."""
+    ``sum`` (id + llm), ``concat`` (``Linear([id; llm])``), ``gate``
+    (``g * id + (1 - g) * llm``, ``g = sigmoid(Linear([id; llm]))``) or ``popularity_gate``
+    [ours]: ``s_i * id + (2 - s_i) * llm`` with ``s_i = 2 sigmoid(a + b z_i)``, ``z_i`` the
+    item's standardised log training count, so two scalars decide how much rare items lean on
+    their LLM vector; ``a = b = 0`` (the start) is ``sum``. BiFair's outer level can learn
+    ``(a, b)`` (``gate_parameters``)."""
 
-    def __init__(self, id_table, fusion="sum"):
+    def __init__(self, id_table, fusion="sum", item_counts=None):
         super().__init__()
         if fusion not in DUAL_FUSIONS:
             raise BiFairInputError(f"dual_fusion must be one of {', '.join(DUAL_FUSIONS)}; got {fusion!r}.")
         self.fusion = fusion
         self.id_weight = nn.Parameter(torch.as_tensor(id_table, dtype=torch.float32).clone())
         width = self.id_weight.shape[1]
-        self.mix = None if fusion == "sum" else nn.Linear(2 * width, width)
+        self.mix = None if fusion in ("sum", "popularity_gate") else nn.Linear(2 * width, width)
+        if fusion == "popularity_gate":
+            if item_counts is None or len(item_counts) != self.id_weight.shape[0]:
+                raise ValueError("dual_fusion popularity_gate needs one training count per item row")
+            self.register_buffer("popularity", standardised_log_counts(item_counts))
+            self.gate_bias = nn.Parameter(torch.zeros(()))
+            self.gate_slope = nn.Parameter(torch.zeros(()))
+
+    def gate_parameters(self):
+        """``[a, b]`` of the popularity gate; ``[]`` for the other fusions."""
+        return [self.gate_bias, self.gate_slope] if self.fusion == "popularity_gate" else []
+
+    def id_share(self, ids):
+        """``s_i`` of the popularity gate: the weight of the ID vector, in (0, 2)."""
+        return 2 * torch.sigmoid(self.gate_bias + self.gate_slope * self.popularity[ids])
 
     def forward(self, llm_vectors, ids):
         id_vectors = self.id_weight[ids]
         if self.fusion == "sum":
             return id_vectors + llm_vectors
+        if self.fusion == "popularity_gate":
+            share = self.id_share(ids).unsqueeze(-1)
+            return share * id_vectors + (2 - share) * llm_vectors
         mixed = self.mix(torch.cat([id_vectors, llm_vectors], dim=-1))
         if self.fusion == "concat":
             return mixed
         gate = torch.sigmoid(mixed)
         return gate * id_vectors + (1 - gate) * llm_vectors
+
+
+def standardised_log_counts(item_counts, padding_idx=0):
+    """``(log(1 + c_i) - mean) / std`` over the item rows (the padding row gets 0)."""
+    logs = torch.log1p(torch.as_tensor(item_counts, dtype=torch.float64))
+    rows = _item_rows(logs.unsqueeze(1), padding_idx).squeeze(1)
+    z = (logs - rows.mean()) / rows.std().clamp(min=1e-12)
+    return _with_zero_padding(z.float().unsqueeze(1), padding_idx).squeeze(1)
 
 
 class LLMItemEmbedding(nn.Module):

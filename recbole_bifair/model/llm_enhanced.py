@@ -11,9 +11,13 @@ so RecBole's init never overwrites the LLM vectors.
 - ``IPS<Backbone>``, ``GroupDRO<Backbone>``, ``VarReg<Backbone>``: the fairness baselines, the
   LLM-enhanced baseline trained by ``GroupFairTrainer`` with inverse-propensity weights,
   GroupDRO weights or a group-loss variance penalty.
+- ``LogitAdj<Backbone>``: the logit-adjustment baseline, the LLM-enhanced baseline trained by
+  RecBole's trainer on scores plus ``logit_adjust_tau * log prior_i`` and ranked without it
+  (``LogitAdjustedCrossEntropy``).
 """
 import functools
 
+import torch
 from recbole.utils import ModelType
 from torch import nn
 
@@ -22,7 +26,7 @@ from recbole_bifair.llm.layer import DualView, LLMItemEmbedding, build_projector
 from recbole_bifair.llm.settings import LLMLayerSettings
 from recbole_bifair.trainer.losses import masked_item_losses
 
-FAMILY_PREFIXES = ("BiFair", "GroupDRO", "IPS", "VarReg", "LLM")
+FAMILY_PREFIXES = ("BiFair", "GroupDRO", "IPS", "VarReg", "LogitAdj", "LLM")
 GROUP_FAIR_FAMILIES = ("BiFair", "GroupDRO", "IPS", "VarReg")
 
 # The backbones every family is tested with (tests/test_backbones.py); their item tables are
@@ -99,11 +103,12 @@ def item_tables_by_shape(model, extra_rows=(0, 1)):
     )
 
 
-def llm_item_embedding_for(table, llm_table, settings, freeze):
+def llm_item_embedding_for(table, llm_table, settings, freeze, item_counts=None):
     """The LLM layer (``settings``: ``llm.settings.LLMLayerSettings``) that replaces the
     ``nn.Embedding`` ``table``: same output width, same padding row, and trainable extra rows
     where the table has more rows than items. ``llm_table`` is preprocessed
-    (``llm_preprocess``) here, so ``E`` and ``E0`` are the preprocessed table."""
+    (``llm_preprocess``) here, so ``E`` and ``E0`` are the preprocessed table. ``item_counts``
+    (training interactions per item) feed ``dual_fusion: popularity_gate``."""
     n_extra_rows = table.num_embeddings - llm_table.shape[0]
     if n_extra_rows < 0:
         raise BiFairInputError(
@@ -126,7 +131,7 @@ def llm_item_embedding_for(table, llm_table, settings, freeze):
     dual_view = None
     if settings.view == "dual":
         id_table = id_table_for(table, raw_llm_table, settings.dual_id_init, padding_idx)
-        dual_view = DualView(id_table, settings.dual_fusion)
+        dual_view = DualView(id_table, settings.dual_fusion, item_counts)
     return LLMItemEmbedding(llm_table, projector, freeze=freeze, padding_idx=padding_idx,
                             n_extra_rows=n_extra_rows, dual_view=dual_view)
 
@@ -149,25 +154,91 @@ class LLMEnhancedMixin:
     def _install_llm_item_embeddings(self, config, dataset):
         from recbole_bifair.llm import load_item_embeddings
 
+        from recbole_bifair.evaluator.groups import training_item_counts
+
         settings = LLMLayerSettings.from_config(config)
         llm_table = load_item_embeddings(config, dataset)
         freeze = False if self.bifair else settings.freeze
+        counts = training_item_counts(dataset) if settings.dual_fusion == "popularity_gate" else None
         for name in item_table_names(self, config):
-            layer = llm_item_embedding_for(getattr(self, name), llm_table, settings, freeze)
+            layer = llm_item_embedding_for(getattr(self, name), llm_table, settings, freeze, counts)
             setattr(self, name, layer)
+        self._outer_llm_table = bool(config["outer_llm_table"]) if self.bifair else True
 
     def llm_item_embeddings(self):
         """The model's LLM layers (one per replaced item table)."""
         return [m for m in self.modules() if isinstance(m, LLMItemEmbedding)]
 
     def llm_parameters(self):
-        """``E``: the LLM tables, BiFair's outer-level parameters."""
+        """``E``: the LLM tables."""
         return [layer.llm_weight for layer in self.llm_item_embeddings()]
 
+    def outer_parameters(self):
+        """What BiFair's outer level updates: ``E`` (unless ``outer_llm_table: False``) and the
+        popularity gates of the dual view (``dual_fusion: popularity_gate``); empty for the
+        other families, whose gates are trained with ``theta``."""
+        if not self.bifair:
+            return []
+        return (self.llm_parameters() if self._outer_llm_table else []) + self.gate_parameters()
+
+    def gate_parameters(self):
+        """The popularity gates' ``(a, b)`` of every LLM layer (``dual_fusion: popularity_gate``)."""
+        return [p for layer in self.llm_item_embeddings() if layer.dual_view is not None
+                for p in layer.dual_view.gate_parameters()]
+
+    def outer_parameter_summary(self):
+        """Where the outer level took its parameters: ``llm_table_shift``, ``||E - E0|| / ||E0||``
+        over the LLM tables, and the popularity gates' learned ``[a, b]`` where there are any."""
+        layers = self.llm_item_embeddings()
+        with torch.no_grad():
+            moved = sum(float((layer.llm_weight - layer.llm_weight_init).pow(2).sum()) for layer in layers)
+            initial = sum(float(layer.llm_weight_init.pow(2).sum()) for layer in layers)
+        summary = {"llm_table_shift": (moved / initial) ** 0.5 if initial else 0.0}
+        gates = [[p.item() for p in layer.dual_view.gate_parameters()] for layer in layers
+                 if layer.dual_view is not None and layer.dual_view.fusion == "popularity_gate"]
+        if gates:
+            summary["popularity_gate"] = gates
+        return summary
+
     def inner_parameters(self):
-        """``theta``: projector and backbone, everything but ``E``."""
-        outer = {id(p) for p in self.llm_parameters()}
+        """``theta``: projector and backbone, everything but ``E`` and the outer parameters."""
+        outer = {id(p) for p in self.llm_parameters() + self.outer_parameters()}
         return [p for p in self.parameters() if id(p) not in outer]
+
+
+class LogitAdjustedCrossEntropy(nn.CrossEntropyLoss):
+    """Cross-entropy on ``logits + tau * log prior`` (logit adjustment, Menon et al., ICLR 2021;
+    balanced softmax, Ren et al., NeurIPS 2020, at ``tau = 1``): training sees each item's score
+    shifted by its log training share, ranking (which does not use the loss) sees the score
+    alone, so popular items must earn their place without the prior. ``prior`` holds the
+    training interaction count of each item column; items never seen in training (padding
+    included) count as 1."""
+
+    def __init__(self, item_counts, tau):
+        super().__init__()
+        counts = torch.as_tensor(item_counts, dtype=torch.float64).clamp(min=1)
+        self.tau = float(tau)
+        self.register_buffer("log_prior", (counts / counts.sum()).log().float())
+
+    def forward(self, logits, target):
+        return super().forward(logits + self.tau * self.log_prior[: logits.shape[-1]], target)
+
+
+def install_logit_adjustment(model, config, dataset):
+    """Replaces the backbone's cross-entropy module by :class:`LogitAdjustedCrossEntropy` with
+    the items' training counts. One clear error for a backbone without a full-softmax loss
+    module (``loss_type: BPR``, or a CE built inside ``calculate_loss`` as BERT4Rec's)."""
+    from recbole_bifair.config_values import number
+    from recbole_bifair.evaluator.groups import training_item_counts
+
+    modules = [name for name, module in model.named_children() if isinstance(module, nn.CrossEntropyLoss)]
+    if len(modules) != 1 or getattr(model, "loss_type", "CE") != "CE":
+        raise BiFairInputError(
+            f"{type(model).__name__}: logit adjustment shifts the scores of a full-softmax "
+            "cross-entropy loss, and this backbone has none (set loss_type: CE, or use a backbone with a "
+            "CrossEntropyLoss module such as SASRec, GRU4Rec, NARM, STAMP).")
+    tau = number(config, "logit_adjust_tau", minimum=0.0)
+    setattr(model, modules[0], LogitAdjustedCrossEntropy(training_item_counts(dataset), tau))
 
 
 def own_example_losses(backbone):
@@ -186,6 +257,8 @@ def build_llm_model(family, backbone):
     def __init__(self, config, dataset):
         backbone.__init__(self, config, dataset)
         self._install_llm_item_embeddings(config, dataset)
+        if family == "LogitAdj":
+            install_logit_adjustment(self, config, dataset)
 
     doc = f"{backbone.__name__} with its item table replaced by the LLM item-embedding layer ({family} family)."
     members = {"__init__": __init__, "__doc__": doc, "bifair": family == "BiFair", "__module__": __name__}

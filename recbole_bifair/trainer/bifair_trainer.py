@@ -4,7 +4,9 @@ group-weighted inner level (see ``bilevel`` for the outer level, ``balancer`` fo
 Each training batch ``B_t``:
 1. outer step, every ``outer_every`` batches (``bifair_outer``): ``E <- E - lr_out * dF/dE``
    with the look-ahead taken on the previous batch ``B_{t-1}`` and ``F`` measured on ``B_t``,
-   which the inner level has not used yet;
+   which the inner level has not used yet, or (``meta_split: last_train_item``) on the next
+   batch of the meta split, each user's last training example, which the inner level never
+   trains on (``trainer.meta_split``);
 2. inner step: ``theta <- theta - lr_in * grad_theta sum_g w_g L_g(E, theta; B_t)`` with the
    inner balancer's weights ``w`` (``inner_weighting: none`` is the ablation without them).
 ``E`` (the LLM tables) moves only in step 1, ``theta`` (projector + backbone) only in step 2.
@@ -23,6 +25,7 @@ from recbole_bifair.errors import BiFairInputError
 from recbole_bifair.evaluator.prior import PriorLoss
 from recbole_bifair.trainer.bilevel import LookAheadObjective, OuterProblem, PriorTerm, outer_hypergradient
 from recbole_bifair.trainer.group_fair_trainer import GroupFairTrainer
+from recbole_bifair.trainer.meta_split import MetaSplit
 from recbole_bifair.trainer.resume import capture_random_state, restore_random_state
 from recbole_bifair.trainer.settings import OuterLevelSettings
 
@@ -42,8 +45,12 @@ class BiFairTrainer(GroupFairTrainer):
         self.diagnostics = []
         self._epoch_diagnostics = []
         self._outer_steps = 0
+        if not model.outer_parameters():
+            raise BiFairInputError(
+                "outer_llm_table is False and the model has no popularity gate: BiFair's outer level has "
+                "nothing to update. Set outer_llm_table: True, or dual_fusion: popularity_gate.")
         self.outer_optimizer = self._build_optimizer(
-            params=model.llm_parameters(),
+            params=self._outer_parameter_groups(model),
             learner=self.outer.learner,
             learning_rate=self.outer.learning_rate,
             weight_decay=0.0,
@@ -51,19 +58,36 @@ class BiFairTrainer(GroupFairTrainer):
         self.outer_balancer = None
         self.objective = None
         self.prior_term = None
+        self.meta_split = None
+        self._resumed_meta_state = None
+
+    def _outer_parameter_groups(self, model):
+        """The outer optimiser's parameter groups: the LLM tables at ``outer_learning_rate``, the
+        popularity gates at ``outer_gate_learning_rate`` (two scalars need larger steps than
+        a table's entries)."""
+        gate_ids = {id(p) for p in model.gate_parameters()}
+        tables = [p for p in model.outer_parameters() if id(p) not in gate_ids]
+        gates = [p for p in model.outer_parameters() if id(p) in gate_ids]
+        groups = [{"params": tables}] if tables else []
+        if gates:
+            groups.append({"params": gates, "lr": self.outer.gate_learning_rate or self.outer.learning_rate})
+        return groups
 
     def _set_up_groups(self, train_data):
         """Adds the outer balancer and the look-ahead objective to the inner level's set-up."""
         super()._set_up_groups(train_data)
         self.outer_balancer = self._build_balancer(self.outer.balancer)
-        llm_ids = {id(p) for p in self.model.llm_parameters()}
+        inner_ids = {id(p) for p in self.model.inner_parameters()}
+        outer_ids = {id(p) for p in self.model.outer_parameters()}
         named = list(self.model.named_parameters())
-        self._inner_named = [(n, p) for n, p in named if id(p) not in llm_ids]
-        self._llm_named = [(n, p) for n, p in named if id(p) in llm_ids]
+        self._inner_named = [(n, p) for n, p in named if id(p) in inner_ids]
+        self._outer_named = [(n, p) for n, p in named if id(p) in outer_ids]
+        table_init = {id(layer.llm_weight): layer.llm_weight_init for layer in self.model.llm_item_embeddings()}
+        self._outer_init = [table_init.get(id(p)) for _, p in self._outer_named]
         self.objective = LookAheadObjective(
             self.model,
             [n for n, _ in self._inner_named],
-            [n for n, _ in self._llm_named],
+            [n for n, _ in self._outer_named],
             self._item_group,
             self.item_groups.n_groups,
             self.combine_losses,
@@ -71,6 +95,12 @@ class BiFairTrainer(GroupFairTrainer):
         shared_ids = {id(p) for p in self._mgda_shared_parameters()}
         self._shared_index = [i for i, (_, p) in enumerate(self._inner_named) if id(p) in shared_ids]
         self.prior_term = self._build_prior_term(train_data)
+        if self.outer.meta_split and self.outer.takes_outer_steps:
+            self.meta_split = MetaSplit(train_data, self.config["train_batch_size"], self.config["seed"], self.device)
+            self.logger.info(f"meta split: {len(self.meta_split)} held-out training examples (each user's last) "
+                             "for the outer objective; the inner level trains without them")
+            if self._resumed_meta_state is not None:
+                self.meta_split.load_state_dict(self._resumed_meta_state)
 
     def _build_prior_term(self, train_data):
         """F's prior-unfairness term (``outer_prior_weight`` > 0), else None."""
@@ -80,9 +110,13 @@ class BiFairTrainer(GroupFairTrainer):
         balancer = None if self.outer.prior_balancer is None else self._build_balancer(self.outer.prior_balancer)
         return PriorTerm(loss, self.outer.prior_weight, self._item_group, self.item_groups.n_groups, balancer)
 
+    def _training_rows(self, interaction):
+        return interaction if self.meta_split is None else self.meta_split.training_rows(interaction)
+
     def _before_inner_step(self, previous, interaction, epoch_idx, step):
         if self.outer.takes_outer_steps and previous is not None and step % self.outer.every == 0:
-            self._outer_step(previous, interaction, epoch_idx, step)
+            meta_batch = interaction if self.meta_split is None else self.meta_split.next_batch().to(self.device)
+            self._outer_step(previous, meta_batch, epoch_idx, step)
 
     def _outer_step(self, lookahead_batch, meta_batch, epoch_idx, step):
         """One update of E: its hypergradient (``bilevel.outer_hypergradient``: look-ahead, group
@@ -109,8 +143,8 @@ class BiFairTrainer(GroupFairTrainer):
         problem = OuterProblem(
             objective=self.objective,
             theta=[p for _, p in self._inner_named],
-            llm=[p for _, p in self._llm_named],
-            llm_init=[layer.llm_weight_init for layer in self.model.llm_item_embeddings()],
+            llm=[p for _, p in self._outer_named],
+            llm_init=self._outer_init,
             balancer=outer_balancer,
             settings=settings,
             optimizer=self.optimizer,
@@ -135,11 +169,11 @@ class BiFairTrainer(GroupFairTrainer):
 
     def _apply_to_llm_tables(self, grads):
         self.outer_optimizer.zero_grad()
-        for (_, param), grad in zip(self._llm_named, grads):
+        for (_, param), grad in zip(self._outer_named, grads):
             param.grad = grad
-        distributed.average_gradients([p for _, p in self._llm_named])
+        distributed.average_gradients([p for _, p in self._outer_named])
         if self.clip_grad_norm:
-            clip_grad_norm_(self.model.llm_parameters(), **self.clip_grad_norm)
+            clip_grad_norm_(self.model.outer_parameters(), **self.clip_grad_norm)
         self.outer_optimizer.step()
 
     def _inner_step(self, interaction, epoch_idx, step):
@@ -154,7 +188,7 @@ class BiFairTrainer(GroupFairTrainer):
         self._check_finite(loss, "inner", epoch_idx, step)
         loss.backward()
         for params, optimizer in ((self.model.inner_parameters(), self.optimizer),
-                                  (self.model.llm_parameters(), self.outer_optimizer)):
+                                  (self.model.outer_parameters(), self.outer_optimizer)):
             distributed.average_gradients(params)
             if self.clip_grad_norm:
                 clip_grad_norm_(params, **self.clip_grad_norm)
@@ -192,13 +226,17 @@ class BiFairTrainer(GroupFairTrainer):
         return balancers
 
     def _training_state(self):
-        return {**super()._training_state(), "outer_optimizer": self.outer_optimizer.state_dict(),
-                "outer_steps": self._outer_steps}
+        state = {**super()._training_state(), "outer_optimizer": self.outer_optimizer.state_dict(),
+                 "outer_steps": self._outer_steps}
+        if self.meta_split is not None:
+            state["meta_split"] = self.meta_split.state_dict()
+        return state
 
     def _load_extra_state(self, state):
         if "outer_optimizer" in state:
             self.outer_optimizer.load_state_dict(state["outer_optimizer"])
         self._outer_steps = state.get("outer_steps", 0)
+        self._resumed_meta_state = state.get("meta_split")
 
 
 def hypergradient_diagnostic(model_file, n_batches=8, hypergradient="exact", **settings):

@@ -153,8 +153,9 @@ class LookAheadObjective:
 
 
 def proximity(llm, llm_init, beta):
-    """``beta * ||E - E0||^2``: the pull of the LLM tables towards the LLM's own vectors."""
-    return beta * sum((e - e0).pow(2).sum() for e, e0 in zip(llm, llm_init))
+    """``beta * ||E - E0||^2``: the pull of the LLM tables towards the LLM's own vectors
+    (``llm_init`` is None for an outer parameter that is no LLM table, a popularity gate)."""
+    return beta * sum((e - e0).pow(2).sum() for e, e0 in zip(llm, llm_init) if e0 is not None)
 
 
 class SGDUpdate:
@@ -238,8 +239,9 @@ def unrolled_lookahead(objective, theta, llm, batch, settings, update):
 @dataclass
 class OuterProblem:
     """What an outer step works on: the ``objective``; ``theta`` (projector and backbone) and
-    ``llm`` (``E``), the current parameter tensors, which it does not modify; ``llm_init``
-    (``E0``); the outer ``balancer``; the hypergradient ``settings``; the inner ``optimizer``,
+    ``llm`` (the outer parameters: ``E``, and popularity gates where the model has them), the
+    current parameter tensors, which it does not modify; ``llm_init`` (``E0`` of each table,
+    None for a gate); the outer ``balancer``; the hypergradient ``settings``; the inner ``optimizer``,
     whose live state ``lookahead_update: optimizer`` follows; ``shared``, the entries of
     ``theta`` an MGDA balancer compares the group gradients over; and ``prior``, the optional
     prior-unfairness term of ``F``."""
@@ -304,7 +306,8 @@ def outer_objective(problem, theta, llm, meta_batch):
     lambdas = problem.balancer.weights().to(meta_losses.device)
     value = weighted_group_loss(meta_losses, meta_counts, lambdas) + proximity(llm, problem.llm_init, problem.settings.beta)
     if problem.prior is not None:
-        value = value + problem.prior(llm, meta_batch, lambdas)
+        tables = [e for e, e0 in zip(llm, problem.llm_init) if e0 is not None]
+        value = value + problem.prior(tables, meta_batch, lambdas)
     return value
 
 

@@ -98,7 +98,7 @@ class GroupFairTrainer(Trainer):
             train_data.sampler.set_epoch(epoch_idx)
         total_loss, previous = 0.0, None
         for step, interaction in enumerate(batches):
-            interaction = interaction.to(self.device)
+            interaction = self._training_rows(interaction.to(self.device))
             self._before_inner_step(previous, interaction, epoch_idx, step)
             total_loss += self._inner_step(interaction, epoch_idx, step)
             previous = interaction
@@ -107,22 +107,28 @@ class GroupFairTrainer(Trainer):
         self._log_group_weights(epoch_idx)
         return total_loss
 
+    def _training_rows(self, interaction):
+        """Hook: the rows of a training batch the inner level trains on (all of them here;
+        BiFair's meta split holds some out)."""
+        return interaction
+
     def _before_inner_step(self, previous, interaction, epoch_idx, step):
         """Hook for work between batches (BiFair's outer step)."""
 
     def _inner_step(self, interaction, epoch_idx, step):
-        """One update of theta (projector + backbone) on the group-aware loss; E is held."""
+        """One update of theta (projector + backbone) on the group-aware loss; E and the outer
+        level's other parameters are held."""
         self.optimizer.zero_grad()
-        llm_params = self.model.llm_parameters()
-        trainable = [p.requires_grad for p in llm_params]
-        for p in llm_params:
+        held = self.model.llm_parameters() + self.model.outer_parameters()
+        trainable = [p.requires_grad for p in held]
+        for p in held:
             p.requires_grad_(False)
         try:
             loss = self._inner_loss(interaction)
             self._check_finite(loss, "inner", epoch_idx, step)
             loss.backward()
         finally:
-            for p, flag in zip(llm_params, trainable):
+            for p, flag in zip(held, trainable):
                 p.requires_grad_(flag)
         distributed.average_gradients(self.model.inner_parameters())
         if self.clip_grad_norm:

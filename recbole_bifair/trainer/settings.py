@@ -17,6 +17,7 @@ from recbole_bifair.trainer.bilevel import (
 STRATEGIES = ("softmax", "mgda", "dro", "uniform", "inverse_frequency", "fixed")
 INNER_WEIGHTINGS = ("group", "item_ips", "none")
 LLM_UPDATES = ("outer", "joint")
+META_SPLITS = ("last_train_item",)
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,9 @@ class OuterLevelSettings:
     prior_weight: float
     prior_temperature: float
     prior_balancer: Optional[BalancerSettings]
+    meta_split: Optional[str]
+    llm_table: bool
+    gate_learning_rate: Optional[float]
 
     @property
     def takes_outer_steps(self):
@@ -124,6 +128,10 @@ class OuterLevelSettings:
             prior_temperature=number(config, "outer_prior_temperature", minimum=0.0, strictly_above=True),
             prior_balancer=(None if config["outer_prior_balancer"] is None
                             else BalancerSettings.from_config(config, config["outer_prior_balancer"])),
+            meta_split=None if config["meta_split"] is None else choice(config, "meta_split", META_SPLITS),
+            llm_table=flag(config, "outer_llm_table"),
+            gate_learning_rate=(None if config["outer_gate_learning_rate"] is None
+                                else number(config, "outer_gate_learning_rate", minimum=0.0, strictly_above=True)),
         )
 
 
