@@ -186,6 +186,7 @@ def check_plugin_settings(config, family):
     (``llm.settings``, ``trainer.settings``), built here once so that a bad value is one error
     before the data is read."""
     from recbole_bifair.config_values import number
+    from recbole_bifair.data.device_loader import fast_loader_mode
     from recbole_bifair.evaluator.groups import item_group_config
     from recbole_bifair.evaluator.rerank import rerank_config
     from recbole_bifair.llm.settings import LLMLayerSettings
@@ -193,6 +194,7 @@ def check_plugin_settings(config, family):
 
     item_group_config(config)
     rerank_config(config)
+    fast_loader_mode(config)
     if family is not None:
         LLMLayerSettings.from_config(config)
     if family in GROUP_FAIR_FAMILIES:

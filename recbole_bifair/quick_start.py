@@ -23,6 +23,7 @@ def prepare_run(config):
     In a multi-process run, each machine's local rank 0 prepares the dataset files and the LLM
     vectors' cache first."""
     from recbole_bifair.data import check_atomic_files, ensure_dataset
+    from recbole_bifair.data.device_loader import training_loader
     from recbole_bifair.distributed import local_rank0_first
     from recbole_bifair.evaluator import build_item_groups
 
@@ -31,6 +32,7 @@ def prepare_run(config):
         check_atomic_files(config)
         dataset = create_dataset(config)
         train_data, valid_data, test_data = split_dataset(config, dataset)
+        train_data = training_loader(config, train_data)
         if uses_item_groups(config):
             build_item_groups(config, train_data.dataset, valid_data.dataset, test_data.dataset)
         init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
