@@ -69,24 +69,7 @@ status=0
 stop() {  # the running jobs only: a finished job's number may belong to another process by now
   for pid in $(jobs -rp); do kill -TERM -- "-$pid" 2>/dev/null; done
   [ "$mps" = 1 ] && echo quit | nvidia-cuda-mps-control
-  if [ -f "$ARCHIVE" ]; then
-  [ -e dataset/ml-1m/ml-1m.inter ] || { mkdir -p dataset && tar -xzf "$ARCHIVE" -C . dataset/ml-1m; }
-  if ! "$PYTHON" -c "import recbole" 2>/dev/null; then
-    site=$(mktemp -d)
-    tar -xzf "$ARCHIVE" -C "$site" wheels
-    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target "$site/lib" "$site"/wheels/*.whl || exit 2
-    cat > "$site/lib/sitecustomize.py" <<'PY'
-import numpy as np  # RecBole 1.2.1 reads aliases that numpy 2 removed
-for old, new in (("float_", "float64"), ("complex_", "complex128"), ("unicode_", "str_")):
-    if not hasattr(np, old):
-        setattr(np, old, getattr(np, new))
-PY
-    export PYTHONPATH="$site/lib:$PWD${PYTHONPATH:+:$PYTHONPATH}"
-  fi
-fi
-"$PYTHON" -c "import recbole, recbole_bifair" || { echo "RecBole or the plugin cannot be imported." >&2; exit 2; }
-
-mps=0
+  mps=0
 }
 trap 'stop; exit 130' INT TERM
 trap stop EXIT
