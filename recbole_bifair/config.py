@@ -2,16 +2,16 @@
 plugin's YAML files layered over RecBole's (the shape of RecBole-GNN's ``Config``), string
 values read by a literal parser instead of RecBole's ``eval``, and one clear error for each
 bad setting."""
-import ast
 import os
-import re
 import sys
 
 from recbole.config import Config as RecBoleConfig
 
 from recbole_bifair import compat
+from recbole_bifair.config_values import command_line_options, literal_value
 from recbole_bifair.errors import BiFairInputError
 from recbole_bifair.model.llm_enhanced import GROUP_FAIR_FAMILIES, split_family_name
+from recbole_bifair.trainer import recbole_changes
 from recbole_bifair.utils import get_model, properties_dir
 
 
@@ -29,7 +29,7 @@ class Config(RecBoleConfig):
     """
 
     def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None):
-        compat.apply()  # every plugin run builds this Config first
+        recbole_changes.apply()  # every plugin run builds this Config first
         super().__init__(model, dataset, config_file_list, config_dict)
 
     def _convert_config_dict(self, config_dict):
@@ -119,22 +119,6 @@ class Config(RecBoleConfig):
             )
 
 
-def literal_value(text):
-    """A config string as the value it spells: a Python literal (number, list, dict, tuple,
-    ``None``, ``True``), ``true``/``false`` in any case, a list of bare names
-    (``[NDCG,Recall]``, as typed on a command line), or else the string itself."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        pass
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    bare_list = re.fullmatch(r"\[\s*([\w.@-]+(?:\s*,\s*[\w.@-]+)*)?\s*,?\s*\]", text)
-    if bare_list:
-        return [literal_value(item.strip()) for item in (bare_list.group(1) or "").split(",") if item.strip()]
-    return text
-
-
 def read_config_file(path, yaml_loader):
     """The settings of one YAML config file (a mapping of keys to values)."""
     import yaml
@@ -158,24 +142,6 @@ def read_config_file(path, yaml_loader):
         raise BiFairInputError(
             f"config file {path} holds a {type(settings).__name__}, not settings; write one `key: value` per line.")
     return settings
-
-
-def command_line_options(argv):
-    """The ``--key=value`` options of ``argv`` as strings (other arguments are the entry
-    point's own: ``--model SASRec``, ``-m``). The value is everything after the first ``=``
-    (``--checkpoint_dir=runs/lr=0.01``); an option without a key, or a key given twice with
-    different values, is an error."""
-    options = {}
-    for arg in argv:
-        if not arg.startswith("--") or "=" not in arg:
-            continue
-        key, _, value = arg[2:].partition("=")
-        if not key:
-            raise BiFairInputError(f"malformed option '{arg}': give settings as --key=value.")
-        if key in options and options[key] != value:
-            raise BiFairInputError(f"--{key} is given twice ({options[key]} and {value}); give it once.")
-        options[key] = value
-    return options
 
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "adagrad", "rmsprop", "sparse_adam")

@@ -122,7 +122,7 @@ def test_config_values_are_read_as_literals_never_run(tmp_path):
     assert not marker.exists()
     assert config["user_note"].startswith("__import__")
     assert config["metrics"] == ["NDCG", "Hit"] and config["topk"] == [5, 10]
-    from recbole_bifair.config import command_line_options
+    from recbole_bifair.config_values import command_line_options
 
     assert command_line_options(["--checkpoint_dir=runs/lr=0.01", "--model", "SASRec"]) == {
         "checkpoint_dir": "runs/lr=0.01"}
