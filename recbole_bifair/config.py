@@ -2,7 +2,10 @@
 plugin's YAML files layered over RecBole's (the shape of RecBole-GNN's ``Config``), string
 values read by a literal parser instead of RecBole's ``eval``, and one clear error for each
 bad setting."""
+import difflib
+import functools
 import os
+import re
 import sys
 
 from recbole.config import Config as RecBoleConfig
@@ -99,6 +102,7 @@ class Config(RecBoleConfig):
         return super()._init_device()
 
     def _set_default_parameters(self):
+        check_unknown_keys(self.external_config_dict)
         check_run_settings(self.final_config_dict)
         check_plugin_settings(self.final_config_dict, split_family_name(self.model)[0])
         super()._set_default_parameters()
@@ -142,6 +146,53 @@ def read_config_file(path, yaml_loader):
         raise BiFairInputError(
             f"config file {path} holds a {type(settings).__name__}, not settings; write one `key: value` per line.")
     return settings
+
+
+def check_unknown_keys(settings):
+    """A key the user set that no one reads but that is close to a known key (a misspelt
+    ``--balancer_temprature=2``) is one error naming the nearest known key. Known: the keys of
+    every YAML file of the plugin and of RecBole, the keys either's code reads from a config,
+    and the entry points' own options. Other unknown keys are left alone, as RecBole does."""
+    known = known_config_keys()
+    for key in settings:
+        if not isinstance(key, str) or key in known:
+            continue
+        nearest = difflib.get_close_matches(key, known, n=1, cutoff=UNKNOWN_KEY_CUTOFF)
+        if nearest:
+            raise BiFairInputError(f"unknown setting '{key}': did you mean '{nearest[0]}'? (no setting is named '{key}')")
+
+
+UNKNOWN_KEY_CUTOFF = 0.85  # difflib's similarity from which an unknown key counts as a misspelling
+
+_READ_KEY = re.compile(r"""config(?:_dict)?(?:\.get\(\s*|\[\s*)["'](\w+)["']|config_value\(\s*\w+,\s*["'](\w+)["']"""
+                       r"""|(?:number|choice|flag|positive_int|non_negative_int)\(\s*config,\s*["'](\w+)["']"""
+                       r"""|add_argument\(\s*["']--(\w+)["']""")
+
+
+@functools.lru_cache(maxsize=1)
+def known_config_keys():
+    """Every key a run may set (``check_unknown_keys``), read once from the YAML files and the
+    code of the plugin and of RecBole."""
+    import recbole
+    import yaml
+    from recbole.utils import argument_list
+
+    keys = set()
+    for root in (properties_dir(), os.path.join(os.path.dirname(recbole.__file__), "properties")):
+        for folder, _, files in os.walk(root):
+            for name in files:
+                if name.endswith(".yaml"):
+                    with open(os.path.join(folder, name), encoding="utf-8") as f:
+                        keys.update(yaml.safe_load(f) or {})
+    for package in (os.path.dirname(os.path.abspath(__file__)), os.path.dirname(recbole.__file__)):
+        for folder, _, files in os.walk(package):
+            for name in files:
+                if name.endswith(".py"):
+                    with open(os.path.join(folder, name), encoding="utf-8") as f:
+                        keys.update(k for match in _READ_KEY.findall(f.read()) for k in match if k)
+    for name in ("general_arguments", "training_arguments", "evaluation_arguments", "dataset_arguments"):
+        keys.update(getattr(argument_list, name, ()))
+    return sorted(k for k in keys if isinstance(k, str))
 
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "adagrad", "rmsprop", "sparse_adam")

@@ -304,7 +304,8 @@ INERT_SETTINGS = {"outer_prior_weight": (0.0, ("outer_prior_temperature", "outer
                   "balancer_contrast": (None, ()),
                   "meta_split": (None, ()),
                   "outer_llm_table": (True, ()),
-                  "outer_gate_learning_rate": (None, ())}
+                  "outer_gate_learning_rate": (None, ()),
+                  "item_group": (None, ())}
 
 
 def resolved_identity(model, dataset, config):
