@@ -1,6 +1,7 @@
 """BiFairTrainer: NaN handling, exact resume, ablation switches, valid_metric trade-offs."""
 import glob
 import os
+import time
 
 import pytest
 import torch
@@ -85,7 +86,7 @@ def test_hypergradients_that_see_the_inner_response_train_and_report_their_share
     assert not torch.equal(before, model.llm_parameters()[0])
     (entry,) = trainer.diagnostics
     assert entry["outer_steps"] == len(train_data) - 1
-    assert entry["second_order_share"] > 0 and -1 <= entry["cosine_to_direct"] <= 1
+    assert entry["second_order_share"] > 0 and entry["cosine_to_direct"] < 1  # the second-order part turns it
 
 
 @pytest.mark.parametrize("settings", [{"lookahead_lr": None},
@@ -227,12 +228,14 @@ def test_second_order_share_from_a_saved_checkpoint_without_training(tmp_path, e
         tmp_path, llm_emb_cache_dir=embedding_cache, hypergradient_diagnostic_every=1, outer_every=1))
     assert result["hypergradient_diagnostics"][0]["second_order_share"] == 0  # the default takes no look-ahead
     (model_file,) = list((tmp_path / "saved").glob("*.pth"))
+    started = time.perf_counter()
     exact = hypergradient_diagnostic(str(model_file), n_batches=2)
+    elapsed = time.perf_counter() - started
     assert exact["batches"] == 2 and exact["second_order_share"] > 0
-    assert -1 <= exact["cosine_to_direct"] <= 1
+    assert exact["cosine_to_direct"] < 1  # a second-order part that is not 0 turns the hypergradient
     implicit = hypergradient_diagnostic(str(model_file), n_batches=2, hypergradient="implicit")
     assert implicit["second_order_share"] != exact["second_order_share"]
-    assert exact["seconds_per_hypergradient"] > 0
+    assert 0 < exact["seconds_per_hypergradient"] * exact["batches"] < elapsed  # per hypergradient, not per call
 
     import importlib.util
 

@@ -4,7 +4,7 @@ the look-ahead's inner loss is the inner step's loss for every inner weighting; 
 import pytest
 import torch
 
-from recbole_bifair.trainer.balancer import UniformBalancer
+from recbole_bifair.trainer.balancer import FixedBalancer, UniformBalancer
 from recbole_bifair.trainer.bilevel import HypergradientSettings, OuterProblem, outer_hypergradient
 from recbole_bifair.trainer.losses import group_mean_losses, weighted_group_loss
 
@@ -188,4 +188,47 @@ def test_lookahead_inner_loss_is_the_inner_steps_loss(tiny, settings):
         step_loss = trainer.training_step.policy.loss(trainer.model, batch)
     lookahead = trainer.training_step.objective.inner_loss(theta, llm, batch)
     assert lookahead.item() == pytest.approx(step_loss.item(), rel=1e-6)
-    trainer.training_step.outer_update(batch, next(iter(train_data)))
+    assert trainer.training_step.objective.policy is trainer.training_step.policy  # one policy, both levels
+
+
+@pytest.mark.parametrize("settings", [{}, {"hypergradient": "exact", "lookahead_lr": 0.001},
+                                      {"dual_fusion": "popularity_gate", "meta_split": "last_train_item"}])
+def test_outer_update_moves_e_down_its_hypergradient_by_adams_first_step(tiny, settings):
+    """Adam's first step moves each outer parameter by ``-lr * g / (|g| + eps)``, ``g`` the
+    hypergradient of F at the step's own group weights: a sign error, a stuck E or another step
+    size fails here."""
+    _, train_data, _, _, model, trainer = tiny(train_batch_size=64, **NO_DROPOUT, **settings)
+    step = trainer.set_up(train_data)
+    model.train()
+    batches = iter(train_data)
+    first, second = next(batches), next(batches)
+    expected_grads = step.hypergradient(first, second, trainer.hypergradient, *step.group_weighting_copy()).grads
+    before = [p.detach().clone() for _, p in step.outer_named]
+    step.outer_update(first, second)
+    assert step.outer_steps == 1
+    for (name, param), start, grad, group in zip(step.outer_named, before, expected_grads, _lr_of(step)):
+        expected = -group["lr"] * grad / (grad.abs() + group["eps"])
+        assert expected.abs().max() > 0, name
+        torch.testing.assert_close(param.detach() - start, expected, rtol=2e-3, atol=1e-9, msg=name)
+
+
+def _lr_of(step):
+    """The outer optimiser's parameter group of each outer parameter, in ``outer_named``'s order."""
+    group_of = {id(p): g for g in step.outer_optimizer.param_groups for p in g["params"]}
+    return [group_of[id(p)] for _, p in step.outer_named]
+
+
+def test_outer_objective_weights_the_group_losses_by_the_outer_balancer(setting):
+    """F = sum_g lambda_g L_g / sum_g lambda_g + beta ||E - E0||^2 with unequal lambda: the outer
+    balancer's weights, not a plain mean, enter F."""
+    objective, theta, llm, llm_init, _, meta_batch, n_groups = setting
+    weights = torch.arange(1, n_groups + 1, dtype=torch.float64) ** 2
+    problem = OuterProblem(objective, theta, llm, llm_init, FixedBalancer(n_groups, weights.tolist()),
+                           HypergradientSettings(mode="first_order", xi=0.0, beta=BETA))
+    result = outer_hypergradient(problem, lookahead_batch=None, meta_batch=meta_batch)
+    losses, counts = objective.group_losses([t.detach() for t in theta], [e.detach() for e in llm], meta_batch)
+    present = weights * (counts > 0).double()
+    expected = (present * losses).sum() / present.sum() + BETA * (llm[0].detach() - llm_init[0]).pow(2).sum()
+    assert result.value.item() == pytest.approx(expected.item(), rel=1e-6)
+    plain = losses[counts > 0].mean() + BETA * (llm[0].detach() - llm_init[0]).pow(2).sum()
+    assert abs(plain.item() - expected.item()) > 1e-4 * abs(expected.item())  # the weights matter here

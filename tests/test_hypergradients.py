@@ -195,3 +195,16 @@ def test_cosine_to_direct_is_one_without_second_order_part():
     zero_step = hypergradient(objective, theta, e, HypergradientSettings(mode="exact", xi=0.0, beta=0.0))
     assert zero_step.second_order_share() == pytest.approx(0.0, abs=1e-12)
     assert zero_step.cosine_to_direct() == pytest.approx(1.0)
+
+
+def test_cosine_and_share_of_known_parts():
+    """The diagnostic's two numbers on parts whose values are known: orthogonal parts 3 and 4
+    (cosine 3/5, share 4/3), and a second-order part that reverses the direct one (cosine -1)."""
+    from recbole_bifair.trainer.bilevel import Hypergradient
+
+    direct, second = [torch.tensor([3.0, 0.0])], [torch.tensor([0.0, 4.0])]
+    turned = Hypergradient([direct[0] + second[0]], torch.tensor(0.0), direct, second)
+    assert turned.cosine_to_direct() == pytest.approx(0.6) and turned.second_order_share() == pytest.approx(4 / 3)
+    direct, second = [torch.tensor([1.0, 0.0])], [torch.tensor([-3.0, 0.0])]
+    reversed_ = Hypergradient([direct[0] + second[0]], torch.tensor(0.0), direct, second)
+    assert reversed_.cosine_to_direct() == pytest.approx(-1.0) and reversed_.second_order_share() == pytest.approx(3.0)
