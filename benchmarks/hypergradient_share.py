@@ -7,7 +7,7 @@ one-step SGD look-ahead, measured in this one process.
 
 For each setting: the second-order share ``||second-order part|| / ||direct part||`` and the
 cosine between the full hypergradient and its direct part (means over ``--batches`` pairs of
-consecutive training batches, ``recbole_bifair.trainer.hypergradient_diagnostic``), and the
+consecutive training batches, ``recbole_bifair.diagnostics.hypergradient_diagnostic``), and the
 time of one hypergradient as a ratio to the first setting's.
 """
 import argparse
@@ -34,7 +34,7 @@ def main(argv=None):
     sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from the command line
 
     from recbole_bifair.benchmark.report import cpu_description, versions_text
-    from recbole_bifair.trainer import hypergradient_diagnostic
+    from recbole_bifair.diagnostics import hypergradient_diagnostic
 
     results = [(label, hypergradient_diagnostic(args.model_file, n_batches=args.batches, **settings))
                for label, settings in SETTINGS]

@@ -28,8 +28,8 @@ def prepared(model, dataset, overrides, mode):
     config = Config(model=model, dataset=dataset, config_dict={**overrides, "fast_loader": mode})
     init_seed(config["seed"], config["reproducibility"])
     _, train_data, _, _, _, trainer = prepare_run(config)
-    if hasattr(trainer, "_set_up_groups"):
-        trainer._set_up_groups(train_data)
+    if hasattr(trainer, "set_up"):
+        trainer.set_up(train_data)
     return config, train_data, trainer
 
 

@@ -50,15 +50,16 @@ def seconds_per_step(model, settings, dataset, overrides, steps, anomaly=False, 
     config = Config(model=model, dataset=dataset, config_dict={**overrides, **settings})
     init_seed(config["seed"], config["reproducibility"])
     _, train_data, _, _, built, trainer = prepare_run(config)
-    if hasattr(trainer, "_set_up_groups"):
-        trainer._set_up_groups(train_data)
+    if hasattr(trainer, "set_up"):
+        trainer.set_up(train_data)
+        trainer.training_step.start_epoch(0)
     batches = [b.to(config["device"]) for _, b in zip(range(steps + 1), train_data)]
     built.train()
 
     def step(i, batch):
-        if hasattr(trainer, "_inner_step"):
-            trainer._before_inner_step(batches[i - 1] if i else None, batch, 0, i)
-            trainer._inner_step(batch, 0, i)
+        if hasattr(trainer, "set_up"):
+            trainer.training_step.batch_index = i
+            trainer.training_step.step(batches[i - 1] if i else None, batch)
         else:
             trainer.optimizer.zero_grad()
             built.calculate_loss(batch).backward()

@@ -31,18 +31,23 @@ SYNC_OPS = {"aten::_local_scalar_dense": "item", "aten::nonzero": "nonzero", "at
 
 
 def training_step(trainer, previous, batch, step):
-    """One step in the trainer's order, each part in its own profiler region; returns the loss."""
-    group_aware = hasattr(trainer, "_inner_loss")
-    if hasattr(trainer, "_before_inner_step"):
+    """One step in the trainer's order, each part in its own profiler region; returns the loss.
+    The plugin's trainers: their ``TrainingStep`` (the outer update, then the inner update's
+    parts as ``inner_update`` does them); RecBole's: ``calculate_loss``, backward, Adam."""
+    unit = getattr(trainer, "training_step", None)
+    outer = unit.outer if unit is not None else None
+    if outer is not None and outer.takes_outer_steps and previous is not None and step % outer.every == 0:
         with record_function("outer step"):
-            trainer._before_inner_step(previous, batch, 0, step)
-    held = trainer.model.llm_parameters() + trainer.model.outer_parameters() if group_aware else []
+            meta_batch = batch if unit.meta_split is None else unit.meta_split.next_batch().to(unit.device)
+            unit.outer_update(previous, meta_batch)
+    held = trainer.model.llm_parameters() + trainer.model.outer_parameters() if unit is not None else []
     flags = [p.requires_grad for p in held]
     for p in held:
         p.requires_grad_(False)
     trainer.optimizer.zero_grad()
     with record_function("forward+loss"):
-        loss = trainer._inner_loss(batch) if group_aware else trainer.model.calculate_loss(batch)
+        loss = unit.policy.loss(trainer.model, batch, update_balancer=True) if unit is not None \
+            else trainer.model.calculate_loss(batch)
         loss = sum(loss) if isinstance(loss, tuple) else loss
     with record_function("backward"):
         loss.backward()
@@ -59,8 +64,8 @@ def profiled(model, dataset, overrides, steps):
     config = Config(model=model, dataset=dataset, config_dict=overrides)
     init_seed(config["seed"], config["reproducibility"])
     _, train_data, _, test_data, built, trainer = prepare_run(config)
-    if hasattr(trainer, "_set_up_groups"):
-        trainer._set_up_groups(train_data)
+    if hasattr(trainer, "set_up"):
+        trainer.set_up(train_data)
     trainer.eval_collector.data_collect(train_data)
     built.train()
     batches, previous = iter(train_data), None

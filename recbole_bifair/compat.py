@@ -1,14 +1,13 @@
-"""Every change the plugin makes to RecBole, in one place: fixes for RecBole 1.2.1 on the
-pinned stack, and the two hooks the plugin needs (its collector in RecBole's trainers, and
-trade-off ``valid_metric`` expressions).
+"""The plugin's fixes of RecBole 1.2.1 on the pinned stack, in one place (the plugin's own
+features in RecBole's trainers, its collector and trade-off ``valid_metric`` expressions, live
+with the modules that own them; ``trainer.recbole_changes`` applies everything together).
 
 Each is a small function named after what it does, with its reason and its own test in
 ``tests/test_compat.py``. Nothing is changed on import: :func:`apply` applies them all, once,
-after checking that the installed RecBole is the version they were written for. The plugin's
-``Config``, trainers and ``load_data_and_model`` call it; a script that uses RecBole's own
-``Config`` or quick start with the plugin's metrics calls ``recbole_bifair.compat.apply()``
-first. (Importing ``recbole_bifair`` only adds the fairness metrics' names to RecBole's metric
-registry.) The other known breakages (numpy 2, pandas 3, scipy >= 1.13, ray's setuptools) are
+after checking that the installed RecBole is the version they were written for
+(``trainer.recbole_changes.apply``, which the plugin's ``Config``, trainers and
+``load_data_and_model`` call, calls it first). (Importing ``recbole_bifair`` only adds the
+fairness metrics' names to RecBole's metric registry.) The other known breakages (numpy 2, pandas 3, scipy >= 1.13, ray's setuptools) are
 avoided by the pins in ``setup.cfg`` rather than patched.
 """
 import functools
@@ -221,37 +220,6 @@ def fix_anomaly_detection_left_on():
         torch.autograd.set_detect_anomaly(False)
 
 
-def use_fairness_collector():
-    """RecBole's trainers build their collector through the name ``Collector`` in
-    ``recbole.trainer.trainer``; the fairness metrics need :class:`FairnessCollector` (a
-    subclass that also collects each ranked item's group), so that name points to it."""
-    import recbole.trainer.trainer as trainer_module
-
-    from recbole_bifair.evaluator.collector import FairnessCollector
-
-    trainer_module.Collector = FairnessCollector
-
-
-def allow_trade_off_valid_metric():
-    """Lets every RecBole trainer early-stop on a trade-off such as
-    ``valid_metric: "ndcg@10 - 0.5 * ndcggap@10"``: RecBole's trainer module looks
-    ``valid_metric`` up in the result dict; an expression is evaluated instead
-    (``trainer.valid_score``)."""
-    import recbole.trainer.trainer as trainer_module
-
-    from recbole_bifair.trainer.valid_score import combined_valid_score
-
-    lookup = trainer_module.calculate_valid_score
-
-    @functools.wraps(lookup)
-    def calculate_valid_score(valid_result, valid_metric=None):
-        if valid_metric is None or valid_metric in valid_result:
-            return lookup(valid_result, valid_metric)
-        return combined_valid_score(valid_result, valid_metric)
-
-    trainer_module.calculate_valid_score = calculate_valid_score
-
-
 def check_recbole_version():
     """One clear error, before anything is changed, when the installed RecBole is not the one
     these functions were written for (their bodies follow its code)."""
@@ -273,8 +241,6 @@ CHANGES = (
     fix_ensure_dir_race,
     fix_distributed_evaluation,
     fix_anomaly_detection_left_on,
-    use_fairness_collector,
-    allow_trade_off_valid_metric,
 )
 
 

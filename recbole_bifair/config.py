@@ -2,7 +2,8 @@
 plugin's YAML files layered over RecBole's (the shape of RecBole-GNN's ``Config``), string
 values read by a literal parser instead of RecBole's ``eval``, and one clear error for each
 bad setting."""
-import ast
+import difflib
+import functools
 import os
 import re
 import sys
@@ -10,8 +11,10 @@ import sys
 from recbole.config import Config as RecBoleConfig
 
 from recbole_bifair import compat
+from recbole_bifair.config_values import command_line_options, literal_value
 from recbole_bifair.errors import BiFairInputError
 from recbole_bifair.model.llm_enhanced import GROUP_FAIR_FAMILIES, split_family_name
+from recbole_bifair.trainer import recbole_changes
 from recbole_bifair.utils import get_model, properties_dir
 
 
@@ -29,7 +32,7 @@ class Config(RecBoleConfig):
     """
 
     def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None):
-        compat.apply()  # every plugin run builds this Config first
+        recbole_changes.apply()  # every plugin run builds this Config first
         super().__init__(model, dataset, config_file_list, config_dict)
 
     def _convert_config_dict(self, config_dict):
@@ -99,6 +102,7 @@ class Config(RecBoleConfig):
         return super()._init_device()
 
     def _set_default_parameters(self):
+        check_unknown_keys(self.external_config_dict)
         check_run_settings(self.final_config_dict)
         check_plugin_settings(self.final_config_dict, split_family_name(self.model)[0])
         super()._set_default_parameters()
@@ -117,22 +121,6 @@ class Config(RecBoleConfig):
                 f"valid_metric '{self.final_config_dict['valid_metric']}' combines several metrics: set "
                 "valid_metric_bigger (True when larger values of the combination are better)."
             )
-
-
-def literal_value(text):
-    """A config string as the value it spells: a Python literal (number, list, dict, tuple,
-    ``None``, ``True``), ``true``/``false`` in any case, a list of bare names
-    (``[NDCG,Recall]``, as typed on a command line), or else the string itself."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        pass
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    bare_list = re.fullmatch(r"\[\s*([\w.@-]+(?:\s*,\s*[\w.@-]+)*)?\s*,?\s*\]", text)
-    if bare_list:
-        return [literal_value(item.strip()) for item in (bare_list.group(1) or "").split(",") if item.strip()]
-    return text
 
 
 def read_config_file(path, yaml_loader):
@@ -160,22 +148,51 @@ def read_config_file(path, yaml_loader):
     return settings
 
 
-def command_line_options(argv):
-    """The ``--key=value`` options of ``argv`` as strings (other arguments are the entry
-    point's own: ``--model SASRec``, ``-m``). The value is everything after the first ``=``
-    (``--checkpoint_dir=runs/lr=0.01``); an option without a key, or a key given twice with
-    different values, is an error."""
-    options = {}
-    for arg in argv:
-        if not arg.startswith("--") or "=" not in arg:
+def check_unknown_keys(settings):
+    """A key the user set that no one reads but that is close to a known key (a misspelt
+    ``--balancer_temprature=2``) is one error naming the nearest known key. Known: the keys of
+    every YAML file of the plugin and of RecBole, the keys either's code reads from a config,
+    and the entry points' own options. Other unknown keys are left alone, as RecBole does."""
+    known = known_config_keys()
+    for key in settings:
+        if not isinstance(key, str) or key in known:
             continue
-        key, _, value = arg[2:].partition("=")
-        if not key:
-            raise BiFairInputError(f"malformed option '{arg}': give settings as --key=value.")
-        if key in options and options[key] != value:
-            raise BiFairInputError(f"--{key} is given twice ({options[key]} and {value}); give it once.")
-        options[key] = value
-    return options
+        nearest = difflib.get_close_matches(key, known, n=1, cutoff=UNKNOWN_KEY_CUTOFF)
+        if nearest:
+            raise BiFairInputError(f"unknown setting '{key}': did you mean '{nearest[0]}'? (no setting is named '{key}')")
+
+
+UNKNOWN_KEY_CUTOFF = 0.85  # difflib's similarity from which an unknown key counts as a misspelling
+
+_READ_KEY = re.compile(r"""config(?:_dict)?(?:\.get\(\s*|\[\s*)["'](\w+)["']|config_value\(\s*\w+,\s*["'](\w+)["']"""
+                       r"""|(?:number|choice|flag|positive_int|non_negative_int)\(\s*config,\s*["'](\w+)["']"""
+                       r"""|add_argument\(\s*["']--(\w+)["']""")
+
+
+@functools.lru_cache(maxsize=1)
+def known_config_keys():
+    """Every key a run may set (``check_unknown_keys``), read once from the YAML files and the
+    code of the plugin and of RecBole."""
+    import recbole
+    import yaml
+    from recbole.utils import argument_list
+
+    keys = set()
+    for root in (properties_dir(), os.path.join(os.path.dirname(recbole.__file__), "properties")):
+        for folder, _, files in os.walk(root):
+            for name in files:
+                if name.endswith(".yaml"):
+                    with open(os.path.join(folder, name), encoding="utf-8") as f:
+                        keys.update(yaml.safe_load(f) or {})
+    for package in (os.path.dirname(os.path.abspath(__file__)), os.path.dirname(recbole.__file__)):
+        for folder, _, files in os.walk(package):
+            for name in files:
+                if name.endswith(".py"):
+                    with open(os.path.join(folder, name), encoding="utf-8") as f:
+                        keys.update(k for match in _READ_KEY.findall(f.read()) for k in match if k)
+    for name in ("general_arguments", "training_arguments", "evaluation_arguments", "dataset_arguments"):
+        keys.update(getattr(argument_list, name, ()))
+    return sorted(k for k in keys if isinstance(k, str))
 
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "adagrad", "rmsprop", "sparse_adam")

@@ -1,4 +1,9 @@
-"""Typed reads of config values: each bad value is one ``BiFairInputError`` naming the key."""
+"""Typed reads of config values: each bad value is one ``BiFairInputError`` naming the key; and
+the plain string parsing of settings given as text (``--key=value`` options, values in a
+``config_dict``), which the plugin's ``Config`` and the command-line entry points share."""
+import ast
+import re
+
 from recbole_bifair.errors import BiFairInputError
 
 
@@ -67,9 +72,41 @@ def number(config, key, minimum=None, default=None, strictly_above=False):
 def command_line_settings(args):
     """``["--epochs=2", "--load_col=None"]`` -> ``{"epochs": 2, "load_col": None}``: values read
     the way the plugin's ``Config`` reads ``--key=value`` on its command line."""
-    from recbole_bifair.config import command_line_options, literal_value
-
     unknown = [arg for arg in args if not arg.startswith("--") or "=" not in arg]
     if unknown:
         raise BiFairInputError(f"unknown argument '{unknown[0]}'; settings are given as --key=value.")
     return {key: literal_value(value) for key, value in command_line_options(args).items()}
+
+
+def literal_value(text):
+    """A config string as the value it spells: a Python literal (number, list, dict, tuple,
+    ``None``, ``True``), ``true``/``false`` in any case, a list of bare names
+    (``[NDCG,Recall]``, as typed on a command line), or else the string itself."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        pass
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    bare_list = re.fullmatch(r"\[\s*([\w.@-]+(?:\s*,\s*[\w.@-]+)*)?\s*,?\s*\]", text)
+    if bare_list:
+        return [literal_value(item.strip()) for item in (bare_list.group(1) or "").split(",") if item.strip()]
+    return text
+
+
+def command_line_options(argv):
+    """The ``--key=value`` options of ``argv`` as strings (other arguments are the entry
+    point's own: ``--model SASRec``, ``-m``). The value is everything after the first ``=``
+    (``--checkpoint_dir=runs/lr=0.01``); an option without a key, or a key given twice with
+    different values, is an error."""
+    options = {}
+    for arg in argv:
+        if not arg.startswith("--") or "=" not in arg:
+            continue
+        key, _, value = arg[2:].partition("=")
+        if not key:
+            raise BiFairInputError(f"malformed option '{arg}': give settings as --key=value.")
+        if key in options and options[key] != value:
+            raise BiFairInputError(f"--{key} is given twice ({options[key]} and {value}); give it once.")
+        options[key] = value
+    return options

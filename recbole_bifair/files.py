@@ -115,3 +115,47 @@ def process_alive(pid):
     except OSError:  # e.g. PermissionError: another user's process, alive
         return True
     return True
+
+
+def properties_dir():
+    """The folder of the plugin's YAML files: ``recbole_bifair/properties`` once installed,
+    the repository's top-level ``properties/`` in a checkout."""
+    installed = os.path.join(os.path.dirname(os.path.abspath(__file__)), "properties")
+    if os.path.isdir(installed):
+        return installed
+    checkout = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "properties")
+    if os.path.isdir(checkout):
+        return checkout
+    raise FileNotFoundError(
+        "recbole_bifair's properties/ folder is missing: reinstall the package with `pip install .`"
+    )
+
+
+def _yaml_loader():
+    """A safe YAML loader that reads ``1e-3`` as a number, as RecBole's ``Config`` does."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""", re.X),
+        list("-+0123456789."))
+    return Loader
+
+
+def read_properties(*parts):
+    """The settings of one of the plugin's YAML files, e.g. ``read_properties("model",
+    "BiFair.yaml")``: where the defaults of its keys are written (and read from)."""
+    import yaml
+
+    with open(os.path.join(properties_dir(), *parts), encoding="utf-8") as f:
+        return yaml.load(f.read(), Loader=_yaml_loader()) or {}

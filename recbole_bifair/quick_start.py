@@ -10,11 +10,12 @@ from recbole.data import create_dataset, data_preparation
 from recbole.data.transform import construct_transform
 from recbole.utils import get_environment, get_flops, init_logger, init_seed, set_color
 
-from recbole_bifair import compat
 from recbole_bifair.config import Config
 from recbole_bifair.errors import BAD_INPUT_EXIT_CODE, BiFairInputError, exit_code_of
 from recbole_bifair.model.llm_enhanced import GROUP_FAIR_FAMILIES, split_family_name
 from recbole_bifair.trainer.resume import keep_last_checkpoint, remove_last_checkpoint, resume_run
+from recbole_bifair.trainer import recbole_changes
+from recbole_bifair.trainer.hooks import TrainerCallback
 from recbole_bifair.utils import get_model, get_trainer
 
 
@@ -104,7 +105,8 @@ def _run_rank(local_rank, model, dataset, config_file_list, config_dict, saved, 
         sys.exit(code)
 
 
-def run_recbole_bifair(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True, queue=None):
+def run_recbole_bifair(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True, queue=None,
+                       callbacks=()):
     """Train and test ``model`` on ``dataset``; returns RecBole's result dict
     (``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``, ``test_result``)
     plus ``train_epoch_seconds`` (mean wall time of a training epoch), ``epochs`` (trained),
@@ -113,7 +115,9 @@ def run_recbole_bifair(model=None, dataset=None, config_file_list=None, config_d
     and the learned ``E``), and for BiFair ``hypergradient_diagnostics`` (per epoch: the
     second-order share of the hypergradient and its cosine to the direct part) and
     ``outer_parameters`` (``||E - E0|| / ||E0||`` and the learned popularity gates).
-    In a multi-process run (``run``), rank 0 also puts it on ``queue``."""
+    In a multi-process run (``run``), rank 0 also puts it on ``queue``. ``callbacks``
+    (``trainer.hooks.TrainerCallback``) are added to the run's trainer after its own records;
+    their ``on_run_start`` gets the config, dataset and test split before training starts."""
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
@@ -127,12 +131,15 @@ def run_recbole_bifair(model=None, dataset=None, config_file_list=None, config_d
     flops = get_flops(model, dataset, config["device"], logger, construct_transform(config))
     logger.info(set_color("FLOPs", "blue") + f": {flops}")
 
-    epoch_seconds = time_training_epochs(trainer)
-    valid_scores = record_valid_scores(trainer)
-    if saved:
-        keep_last_checkpoint(trainer, train_data, valid_scores, epoch_seconds)
+    epoch_seconds, valid_scores = [], []
     if config["resume"]:
         logger.info(f"resumed from {resume_run(trainer, config['resume'], train_data, valid_scores, epoch_seconds)}")
+    if saved:
+        keep_last_checkpoint(trainer, train_data, valid_scores, epoch_seconds)
+    trainer.add_callback(RunRecords(epoch_seconds, valid_scores))
+    for callback in callbacks:
+        trainer.add_callback(callback)
+    trainer.emit("on_run_start", config, dataset, test_data)
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
@@ -171,40 +178,25 @@ def run_recbole_bifair(model=None, dataset=None, config_file_list=None, config_d
     return result
 
 
-def time_training_epochs(trainer):
-    """A list that receives the wall time of each training epoch of ``trainer`` (evaluation
-    excluded); for the result dict's ``train_epoch_seconds``."""
-    seconds = []
-    train_epoch = trainer._train_epoch
+class RunRecords(TrainerCallback):
+    """Keeps the run's records for its result dict: the wall time of each training epoch
+    (evaluation excluded; ``epoch_seconds``) and ``[epoch, valid score]`` of each validation
+    (epochs counted from 1, including those of a resumed checkpoint; ``valid_scores``)."""
 
-    def timed_train_epoch(*args, **kwargs):
-        start = time.perf_counter()
-        loss = train_epoch(*args, **kwargs)
-        seconds.append(time.perf_counter() - start)
-        return loss
+    def __init__(self, epoch_seconds, valid_scores):
+        self.epoch_seconds, self.valid_scores = epoch_seconds, valid_scores
+        self._trained, self._started = None, None
 
-    trainer._train_epoch = timed_train_epoch
-    return seconds
+    def on_epoch_start(self, trainer, epoch_idx):
+        self._trained = epoch_idx + 1
+        self._started = time.perf_counter()
 
+    def on_epoch_end(self, trainer, epoch_idx, loss):
+        self.epoch_seconds.append(time.perf_counter() - self._started)
 
-def record_valid_scores(trainer):
-    """A list that receives ``[epoch, valid score]`` for each validation of ``trainer``
-    (epochs counted from 1, including those of a resumed checkpoint)."""
-    scores = []
-    trained = [trainer.start_epoch]
-    train_epoch, valid_epoch = trainer._train_epoch, trainer._valid_epoch
-
-    def counted_train_epoch(data, epoch_idx, *args, **kwargs):
-        trained[0] = epoch_idx + 1
-        return train_epoch(data, epoch_idx, *args, **kwargs)
-
-    def recorded_valid_epoch(*args, **kwargs):
-        score, result = valid_epoch(*args, **kwargs)
-        scores.append([trained[0], float(score)])
-        return score, result
-
-    trainer._train_epoch, trainer._valid_epoch = counted_train_epoch, recorded_valid_epoch
-    return scores
+    def on_validation(self, trainer, score, result):
+        trained = trainer.start_epoch if self._trained is None else self._trained
+        self.valid_scores.append([trained, float(score)])
 
 
 def best_epoch(valid_scores, bigger=True):
@@ -242,7 +234,7 @@ def load_data_and_model(model_file):
     """Config, model (with the checkpoint's weights), dataset and splits from a checkpoint
     written by a plugin run (RecBole's function, resolving the plugin's models), for one
     process also when the run had several."""
-    compat.apply()  # the checkpoint's pickled Config is not built, so Config.__init__ did not apply them
+    recbole_changes.apply()  # the checkpoint's pickled Config is not built, so Config.__init__ did not apply them
     checkpoint = torch.load(model_file, map_location="cpu", weights_only=False)
     config = checkpoint["config"]
     config["single_spec"] = True  # a checkpoint of a multi-process run is loaded into one process

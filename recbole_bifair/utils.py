@@ -8,6 +8,7 @@ from recbole.utils import get_model as recbole_get_model
 from recbole.utils import get_trainer as recbole_get_trainer
 
 from recbole_bifair.errors import BiFairInputError
+from recbole_bifair.files import properties_dir
 from recbole_bifair.model.llm_enhanced import (
     FAMILY_PREFIXES,
     GROUP_FAIR_FAMILIES,
@@ -22,20 +23,6 @@ _RECBOLE_MODEL_FAMILIES = [
     "knowledge_aware_recommender",
     "exlib_recommender",
 ]
-
-
-def properties_dir():
-    """The folder of the plugin's YAML files: ``recbole_bifair/properties`` once installed,
-    the repository's top-level ``properties/`` in a checkout."""
-    installed = os.path.join(os.path.dirname(os.path.abspath(__file__)), "properties")
-    if os.path.isdir(installed):
-        return installed
-    checkout = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "properties")
-    if os.path.isdir(checkout):
-        return checkout
-    raise FileNotFoundError(
-        "recbole_bifair's properties/ folder is missing: reinstall the package with `pip install .`"
-    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -85,7 +72,8 @@ def get_model(model_name):
 
 def get_trainer(model_type, model_name):
     """The trainer class: ``BiFairTrainer`` for BiFair models, ``GroupFairTrainer`` for the
-    fairness baselines, else the trainer RecBole would give the backbone."""
+    fairness baselines, else the trainer RecBole would give the backbone, with the plugin's
+    callbacks (``trainer.hooks.with_hooks``: a subclass of the same name)."""
     family, backbone_name = split_family_name(model_name)
     if family == "BiFair":
         from recbole_bifair.trainer import BiFairTrainer
@@ -95,7 +83,9 @@ def get_trainer(model_type, model_name):
         from recbole_bifair.trainer import GroupFairTrainer
 
         return GroupFairTrainer
-    return recbole_get_trainer(model_type, backbone_name)
+    from recbole_bifair.trainer.hooks import with_hooks
+
+    return with_hooks(recbole_get_trainer(model_type, backbone_name))
 
 
 __all__ = ["get_model", "get_trainer", "properties_dir", "recbole_model_names", "ModelType"]

@@ -13,9 +13,9 @@ sys.argv = sys.argv[:1]
 
 # The tests use RecBole's own classes beside the plugin's runner: apply the plugin's changes to
 # RecBole once, as its Config does (test_compat checks that importing the package alone does not).
-from recbole_bifair import compat  # noqa: E402
+from recbole_bifair.trainer import recbole_changes  # noqa: E402
 
-compat.apply()
+recbole_changes.apply()
 
 # The user's cache of LLM item vectors is never read or written by the tests (nor by the runs
 # they start, which inherit the environment).

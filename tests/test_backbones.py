@@ -94,7 +94,7 @@ def test_bert4rec_examples_are_its_masked_positions(tiny, loss_type):
     own loss, and padding positions are not examples."""
     settings = {**SMALL, "MAX_ITEM_LIST_LENGTH": 10}  # two masked positions per sequence
     _, train_data, *_, model, trainer = tiny(model="BiFairBERT4Rec", loss_type=loss_type, **settings)
-    trainer._set_up_groups(train_data)
+    trainer.set_up(train_data)
     model.eval()
     batch = next(iter(train_data))
     losses, items = example_losses(model, batch)
@@ -103,7 +103,7 @@ def test_bert4rec_examples_are_its_masked_positions(tiny, loss_type):
     assert torch.equal(items, batch[model.POS_ITEMS][masked])
     assert masked.shape == (len(batch), 2) and 0 < int(masked.sum()) < masked.numel()
     assert torch.allclose(losses.mean(), model.calculate_loss(batch), rtol=1e-5, atol=1e-6)
-    assert int(trainer._item_group[items].min()) >= 0
+    assert int(trainer.training_step.policy.item_group[items].min()) >= 0
 
 
 @pytest.mark.parametrize("family", ["IPS", "GroupDRO", "VarReg"])
@@ -129,14 +129,14 @@ def test_per_example_losses_average_to_the_backbone_loss(tiny, backbone):
     """One loss per training row, grouped by the row's item; their mean is RecBole's loss, so a
     scalar regulariser (LightGCN's, Caser's) enters every example's loss once, in full."""
     _, train_data, *_, model, trainer = tiny(model="BiFair" + backbone, **SMALL)
-    trainer._set_up_groups(train_data)
+    trainer.set_up(train_data)
     model.eval()  # no dropout: both calls see the same network
     batch = next(iter(train_data))
     losses, items = example_losses(model, batch)
     assert torch.equal(items, batch[model.ITEM_ID])
     assert losses.shape == items.shape
     assert torch.allclose(losses.mean(), model.calculate_loss(batch).squeeze(), rtol=1e-5, atol=1e-6)
-    groups = trainer._item_group[items]
+    groups = trainer.training_step.policy.item_group[items]
     assert groups.shape == items.shape and int(groups.min()) >= 0
     if backbone == "BPR":  # pairwise: several positives per user, each its own example
         _, per_user = torch.unique(batch[model.USER_ID], return_counts=True)

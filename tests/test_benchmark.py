@@ -676,50 +676,48 @@ def test_records_keep_number_lists_on_one_line(tmp_path):
 
 
 def test_watch_records_the_test_evaluation_per_user():
-    """The run process's watch keeps the per-user NDCG@k of the model's test evaluation: not a
-    validation, not a later evaluation of the test split (the prior-fairness one), users sorted
-    by token, with the item group of their test positive; prepare_run is restored afterwards."""
+    """The run process's watch, a trainer callback, keeps the per-user NDCG@k of the model's
+    test evaluation: not a validation, not a later evaluation of the test split (the
+    prior-fairness one), users sorted by token, with the item group of their test positive;
+    nothing of the trainer is replaced."""
     import types
 
     import torch
     from recbole.evaluator.collector import DataStruct
 
-    class Part:  # a collector or evaluator: the watch wraps these two methods
-        def eval_batch_collect(self, scores, interaction, positive_u, positive_i):
-            pass
+    from recbole_bifair.trainer.hooks import TrainerHooks
 
-        def evaluate(self, struct):
-            return {"ndcg@10": float(struct.get("rec.topk")[:, 0].float().mean())}
-
-    class Trainer:
-        def __init__(self):
-            self.eval_collector, self.evaluator, self.first_hit = Part(), Part(), None
+    class Base:  # what TrainerHooks sits on: an evaluate that reports its batches and struct
+        def __init__(self, config, model):
+            self.eval_collector, self.first_hit = types.SimpleNamespace(listen=lambda trainer: None), None
 
         def evaluate(self, eval_data, load_best_model=True, show_progress=False):
             users = torch.tensor(eval_data)
-            self.eval_collector.eval_batch_collect(torch.zeros(len(users), 9), {"user_id": users}, None, None)
+            self.emit("on_evaluation_batch", torch.zeros(len(users), 9), {"user_id": users})
             hits = torch.zeros(len(users), 11, dtype=torch.int)
             hits[:, 0], hits[:, -1] = self.first_hit, 1  # a positive at rank 1 or none; 1 positive
             struct = DataStruct()
             struct.set("rec.topk", hits)
             struct.set("rec.group_pos", torch.nn.functional.one_hot(users % 2, 2))
-            return self.evaluator.evaluate(struct)
+            self.emit("on_evaluation_struct", struct)
+            return {"ndcg@10": float(struct.get("rec.topk")[:, 0].float().mean())}
+
+    class Trainer(TrainerHooks, Base):
+        pass
 
     dataset = types.SimpleNamespace(id2token=lambda field, ids: np.array([f"u{i}" for i in ids]))
-    trainer, valid_data, test_data = Trainer(), [4, 5], [3, 1, 2]
+    trainer, valid_data, test_data = Trainer(None, None), [4, 5], [3, 1, 2]
+    evaluate = Trainer.evaluate
     config = {"USER_ID_FIELD": "user_id", "epochs": 7, "stopping_step": 2, "eval_step": 1}
-    prepare_run = lambda config: (dataset, None, valid_data, test_data, None, trainer)  # noqa: E731
-    quick_start = types.SimpleNamespace(prepare_run=prepare_run)
-    watch = benchmark.EvaluationWatch(10)
-    with watch.watching(quick_start):
-        quick_start.prepare_run(config)
-        trainer.first_hit = torch.tensor([1, 1])
-        trainer.evaluate(valid_data)
-        trainer.first_hit = torch.tensor([1, 0, 0])  # the model: user 3 hits at rank 1
-        test_result = trainer.evaluate(test_data)
-        trainer.first_hit = torch.tensor([0, 1, 1])  # the prior's evaluation of the same split
-        trainer.evaluate(test_data)
-    assert quick_start.prepare_run is prepare_run
+    watch = trainer.add_callback(benchmark.EvaluationWatch(10))
+    trainer.emit("on_run_start", config, dataset, test_data)
+    trainer.first_hit = torch.tensor([1, 1])
+    trainer.evaluate(valid_data)
+    trainer.first_hit = torch.tensor([1, 0, 0])  # the model: user 3 hits at rank 1
+    test_result = trainer.evaluate(test_data)
+    trainer.first_hit = torch.tensor([0, 1, 1])  # the prior's evaluation of the same split
+    trainer.evaluate(test_data)
+    assert Trainer.evaluate is evaluate and "evaluate" not in vars(trainer)
     fields = watch.record_fields({"test_result": test_result})
     assert {key: fields[key] for key in ("epochs_cap", "stopping_step", "eval_step")} == {
         "epochs_cap": 7, "stopping_step": 2, "eval_step": 1}

@@ -97,6 +97,40 @@ def test_bad_settings_are_one_line_each_before_any_data_is_read(monkeypatch, cap
     assert code == 2 and err.startswith("error: unknown metric(s) Nosuch in metrics; known: ")
 
 
+def test_a_misspelt_setting_is_one_line_naming_the_nearest_key(monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    code, err = run_in_process(["--model=BiFairSASRec", "--dataset=ml-100k", "--balancer_temprature=2"],
+                               monkeypatch, capsys)
+    assert (code, err.strip()) == (2, "error: unknown setting 'balancer_temprature': did you mean "
+                                      "'balancer_temperature'? (no setting is named 'balancer_temprature')")
+    code, err = run_in_process(["--model=SASRec", "--learing_rate=0.1"], monkeypatch, capsys)
+    assert code == 2 and "did you mean 'learning_rate'?" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("settings", [
+    {"balancer_temprature": 2}, {"lookahed_lr": 0.1}, {"item_groups": {"n_groups": 3}}, {"reranker": None}])
+def test_a_key_close_to_a_known_one_is_refused_when_the_config_is_made(settings):
+    from recbole_bifair.config import check_unknown_keys
+
+    with pytest.raises(BiFairInputError, match="unknown setting '.*': did you mean"):
+        check_unknown_keys(settings)
+
+
+def test_known_keys_of_recbole_and_the_plugin_and_far_off_keys_pass():
+    """RecBole's own keys (of its YAML files, its code and its launcher), the plugin's keys and
+    the entry points' options are known; a key like no known one is left alone, as RecBole does."""
+    from recbole_bifair.config import check_unknown_keys, known_config_keys
+
+    known = set(known_config_keys())
+    legitimate = ["learning_rate", "MAX_ITEM_LIST_LENGTH", "hidden_dropout_prob", "n_layers", "item_group", "rerank",
+                  "train_neg_sample_args", "local_rank", "world_size", "nproc", "offset", "config_files", "state",
+                  "save_dataloaders", "llm_emb_cache_dir", "balancer_temperature", "lookahead_lr", "ddp_backend",
+                  "outer_gate_learning_rate", "valid_metric_bigger", "model", "dataset", "benchmark_filename"]
+    assert not [key for key in legitimate if key not in known]
+    check_unknown_keys({key: None for key in legitimate})
+    check_unknown_keys({"my_own_note": 1, "xyz": 2})
+
+
 def test_bad_config_files_are_one_line_each(monkeypatch, capsys, tmp_path):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "bad.yaml").write_text("epochs: [1\n")
@@ -122,7 +156,7 @@ def test_config_values_are_read_as_literals_never_run(tmp_path):
     assert not marker.exists()
     assert config["user_note"].startswith("__import__")
     assert config["metrics"] == ["NDCG", "Hit"] and config["topk"] == [5, 10]
-    from recbole_bifair.config import command_line_options
+    from recbole_bifair.config_values import command_line_options
 
     assert command_line_options(["--checkpoint_dir=runs/lr=0.01", "--model", "SASRec"]) == {
         "checkpoint_dir": "runs/lr=0.01"}

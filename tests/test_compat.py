@@ -82,7 +82,7 @@ def test_ddp_on_cpu_and_evaluation_over_all_ranks(tiny):
         assert trainer.distributed_model.device_ids is None
         _, valid_result = trainer.fit(train_data, valid_data, saved=False)
         assert trainer._map_reduce(valid_result, 7) is valid_result
-        assert 0 <= valid_result["ndcg@10"] <= 1
+        assert trainer.evaluate(valid_data, load_best_model=False) == valid_result  # the one epoch's model
 
         from recbole.trainer.trainer import AbstractTrainer
 

@@ -728,6 +728,13 @@ def test_atomic_file_problems_are_one_line_naming_file_and_line(tmp_path, damage
 
 
 def test_checked_files_that_are_fine_pass(tmp_path):
-    broken_copy(tmp_path, item_line='1\t"""Great Performances"" Cats"\t1981\tRomance')()  # quoted properly
-    broken_copy(tmp_path, item_bytes="item_id:token\tmovie_title:token_seq\n1\tCaf\xe9\n".encode("latin-1"))(
-        encoding="latin-1")
+    from recbole_bifair.data.checks import check_atomic_file
+
+    check = broken_copy(tmp_path, item_line='1\t"""Great Performances"" Cats"\t1981\tRomance')  # quoted properly
+    assert check() is None
+    latin1 = broken_copy(tmp_path, item_bytes="item_id:token\tmovie_title:token_seq\n1\tCaf\xe9\n".encode("latin-1"))
+    assert latin1(encoding="latin-1") is None
+    item_file = str(tmp_path / "broken" / "broken.item")
+    assert [f.split(":")[0] for f in check_atomic_file(item_file, "\t", "latin-1")] == ["item_id", "movie_title"]
+    with pytest.raises(BiFairInputError, match="latin-1|encoding|UTF-8|utf-8"):
+        latin1()  # the same bytes are not UTF-8: the check reads the files it passes

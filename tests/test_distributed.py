@@ -99,7 +99,7 @@ def _train_rank(local_rank, config_dict, out_dir):
     trainer.fit(train_data, valid_data, saved=True)
     trained = {
         "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
-        "balancer_weights": {level: b.weights() for level, b in trainer._balancers().items()},
+        "balancer_weights": {level: b.weights() for level, b in trainer.training_step.balancers().items()},
         "valid_rows": len(valid_data.sampler),
         "test_padding": distributed.padding_rows(test_data),
     }

@@ -12,14 +12,14 @@ def _batch_parts(trainer, train_data):
     torch.manual_seed(0)
     losses, items = example_losses(trainer.model, batch)
     losses = losses.detach()
-    groups = trainer._item_group[items]
+    groups = trainer.training_step.policy.item_group[items]
     return batch, losses, items, groups
 
 
 def _inner_loss(trainer, batch):
     torch.manual_seed(0)
     with torch.no_grad():
-        return trainer._inner_loss(batch).item()
+        return trainer.training_step.policy.loss(trainer.model, batch).item()
 
 
 def test_baseline_families_use_the_group_fair_trainer(tiny):
@@ -33,7 +33,7 @@ def test_baseline_families_use_the_group_fair_trainer(tiny):
 
 def test_group_ips_weights_are_inverse_training_shares(tiny):
     _, train_data, _, _, _, trainer = tiny(model="IPSSASRec", inner_weighting="group", balancer="inverse_frequency")
-    trainer._set_up_groups(train_data)
+    trainer.set_up(train_data)
     batch, losses, _, groups = _batch_parts(trainer, train_data)
     group_losses, counts = group_mean_losses(losses, groups, trainer.item_groups.n_groups)
     inverse = 1.0 / trainer.item_groups.train_share.float()
@@ -44,7 +44,7 @@ def test_group_ips_weights_are_inverse_training_shares(tiny):
 
 def test_item_ips_weights_follow_item_counts(tiny):
     _, train_data, _, _, _, trainer = tiny(model="IPSSASRec", inner_weighting="item_ips", ips_power=0.5)
-    trainer._set_up_groups(train_data)
+    trainer.set_up(train_data)
     batch, losses, items, _ = _batch_parts(trainer, train_data)
     counter = train_data.dataset.item_counter
     weights = torch.tensor([counter[int(i)] ** -0.5 for i in items])
@@ -54,7 +54,7 @@ def test_item_ips_weights_follow_item_counts(tiny):
 
 def test_variance_regulariser_adds_the_spread_of_group_losses(tiny):
     _, train_data, _, _, _, trainer = tiny(model="VarRegSASRec", loss_spread_weight=2.0)
-    trainer._set_up_groups(train_data)
+    trainer.set_up(train_data)
     batch, losses, _, groups = _batch_parts(trainer, train_data)
     group_losses, counts = group_mean_losses(losses, groups, trainer.item_groups.n_groups)
     expected = losses.mean() + 2.0 * group_losses[counts > 0].var(unbiased=False)
@@ -64,7 +64,7 @@ def test_variance_regulariser_adds_the_spread_of_group_losses(tiny):
 def test_group_dro_moves_weight_to_the_worst_group(tiny):
     _, train_data, valid_data, _, _, trainer = tiny(model="GroupDROSASRec", dro_step_size=0.5)
     trainer.fit(train_data, valid_data, saved=False)
-    weights = trainer.inner_balancer.weights()
+    weights = trainer.training_step.policy.balancer.weights()
     assert weights.max() > 1.0 / len(weights) + 1e-3
 
 

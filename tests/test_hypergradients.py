@@ -125,7 +125,7 @@ def test_sgd_optimizer_step_applies_its_weight_decay():
     param = torch.nn.Parameter(torch.randn(N_THETA))
     optimizer = torch.optim.SGD([param], lr=0.05, weight_decay=0.1)
     grad = torch.randn(N_THETA)
-    rule = lookahead_update(HypergradientSettings(mode="exact", update="optimizer"), optimizer, [param])
+    rule = lookahead_update(HypergradientSettings(mode="exact", update="optimizer", xi=1e-3, beta=0.0), optimizer, [param])
     (predicted,) = rule([param.detach()], [grad])
     param.grad = grad.clone()
     optimizer.step()
@@ -143,7 +143,7 @@ def test_unrolled_exact_hypergradient_matches_numerical_differentiation(update):
     objective = RidgeObjective()
     theta, e = torch.randn(N_THETA), torch.randn(N_LLM)
     param, optimizer = adam_with_history(theta)
-    settings = HypergradientSettings(mode="exact", xi=0.01, steps=3, update=update)
+    settings = HypergradientSettings(mode="exact", xi=0.01, steps=3, update=update, beta=0.0)
     result = hypergradient(objective, param, e, settings, optimizer)
 
     def unrolled_value(table):
@@ -163,8 +163,8 @@ def test_unrolled_exact_hypergradient_matches_numerical_differentiation(update):
 def test_truncated_unroll_keeps_only_the_last_steps_in_the_graph():
     objective = RidgeObjective()
     theta, e = torch.randn(N_THETA), torch.randn(N_LLM)
-    full = hypergradient(objective, theta, e, HypergradientSettings(mode="exact", xi=0.01, steps=4))
-    truncated = hypergradient(objective, theta, e, HypergradientSettings(mode="exact", xi=0.01, steps=4, truncate=1))
+    full = hypergradient(objective, theta, e, HypergradientSettings(mode="exact", xi=0.01, steps=4, beta=0.0))
+    truncated = hypergradient(objective, theta, e, HypergradientSettings(mode="exact", xi=0.01, steps=4, truncate=1, beta=0.0))
     one_step_share = truncated.second_order_share()
     assert 0 < one_step_share < full.second_order_share()
     assert torch.allclose(full.direct[0], truncated.direct[0])
@@ -175,11 +175,11 @@ def test_implicit_hypergradient_is_the_derivative_of_the_inner_solution(solver, 
     objective = RidgeObjective()
     e = torch.randn(N_LLM)
     theta_star = objective.solution(e)
-    settings = HypergradientSettings(mode="implicit", implicit_solver=solver, implicit_steps=steps, implicit_lr=lr)
+    settings = HypergradientSettings(mode="implicit", implicit_solver=solver, implicit_steps=steps, implicit_lr=lr, beta=0.0)
     result = hypergradient(objective, theta_star, e, settings)
     expected = numerical_gradient(lambda table: objective.outer_value(objective.solution(table), table), e)
     assert torch.allclose(result.grads[0], expected, rtol=1e-4, atol=1e-6)
-    first_order = hypergradient(objective, theta_star, e, HypergradientSettings(mode="first_order"))
+    first_order = hypergradient(objective, theta_star, e, HypergradientSettings(mode="first_order", xi=1e-3, beta=0.0))
     assert not torch.allclose(first_order.grads[0], expected, rtol=1e-2)
     assert first_order.second_order is None and result.second_order_share() > 0.01
 
@@ -192,6 +192,19 @@ def test_finite_difference_refuses_a_multi_step_lookahead():
 def test_cosine_to_direct_is_one_without_second_order_part():
     objective = RidgeObjective()
     theta, e = torch.randn(N_THETA), torch.randn(N_LLM)
-    zero_step = hypergradient(objective, theta, e, HypergradientSettings(mode="exact", xi=0.0))
+    zero_step = hypergradient(objective, theta, e, HypergradientSettings(mode="exact", xi=0.0, beta=0.0))
     assert zero_step.second_order_share() == pytest.approx(0.0, abs=1e-12)
     assert zero_step.cosine_to_direct() == pytest.approx(1.0)
+
+
+def test_cosine_and_share_of_known_parts():
+    """The diagnostic's two numbers on parts whose values are known: orthogonal parts 3 and 4
+    (cosine 3/5, share 4/3), and a second-order part that reverses the direct one (cosine -1)."""
+    from recbole_bifair.trainer.bilevel import Hypergradient
+
+    direct, second = [torch.tensor([3.0, 0.0])], [torch.tensor([0.0, 4.0])]
+    turned = Hypergradient([direct[0] + second[0]], torch.tensor(0.0), direct, second)
+    assert turned.cosine_to_direct() == pytest.approx(0.6) and turned.second_order_share() == pytest.approx(4 / 3)
+    direct, second = [torch.tensor([1.0, 0.0])], [torch.tensor([-3.0, 0.0])]
+    reversed_ = Hypergradient([direct[0] + second[0]], torch.tensor(0.0), direct, second)
+    assert reversed_.cosine_to_direct() == pytest.approx(-1.0) and reversed_.second_order_share() == pytest.approx(3.0)

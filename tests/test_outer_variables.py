@@ -10,6 +10,7 @@ from recbole_bifair.llm.layer import DualView, standardised_log_counts
 from recbole_bifair.trainer.balancer import UniformBalancer
 from recbole_bifair.trainer.bilevel import HypergradientSettings, OuterProblem, outer_hypergradient
 from recbole_bifair.trainer.meta_split import MetaSplit, last_rows_per_user
+from recbole_bifair.trainer.step import TrainingStep
 
 NO_DROPOUT = dict(hidden_dropout_prob=0.0, attn_dropout_prob=0.0, projector_dropout=0.0)
 GATE = dict(dual_fusion="popularity_gate")
@@ -51,15 +52,15 @@ def test_inner_level_never_sees_the_meta_split_and_the_outer_level_sees_all_of_i
 def test_outer_objective_is_measured_on_meta_batches(tiny, monkeypatch):
     _, train_data, valid_data, _, _, trainer = tiny(outer_every=1, **META)
     measured = []
-    outer_step = trainer._outer_step
+    outer_update = TrainingStep.outer_update
 
-    def recording_outer_step(lookahead_batch, meta_batch, *args):
+    def recording_outer_update(self, lookahead_batch, meta_batch):
         measured.append(set(zip(meta_batch["user_id"].tolist(), meta_batch["item_id"].tolist())))
-        return outer_step(lookahead_batch, meta_batch, *args)
+        return outer_update(self, lookahead_batch, meta_batch)
 
-    monkeypatch.setattr(trainer, "_outer_step", recording_outer_step)
+    monkeypatch.setattr(TrainingStep, "outer_update", recording_outer_update)
     trainer.fit(train_data, valid_data, saved=False)
-    split = trainer.meta_split
+    split = trainer.training_step.meta_split
     users, items, _ = _rows(train_data.dataset)
     held = {(users[i], items[i]) for i in split.indices.tolist()}
     assert measured and all(pairs <= held for pairs in measured)
@@ -86,7 +87,7 @@ def test_popularity_gate_starts_as_the_sum_and_leans_rare_items_on_their_llm_vec
 def _gate_setting(tiny, **overrides):
     config, train_data, _, _, model, trainer = tiny(train_batch_size=64, balancer="uniform", **GATE, **NO_DROPOUT,
                                                     **overrides)
-    trainer._set_up_groups(train_data)
+    trainer.set_up(train_data)
     model.double()
     batches = iter(train_data)
     return trainer, model, next(batches), next(batches)
@@ -96,12 +97,12 @@ def _gate_setting(tiny, **overrides):
 def test_gate_hypergradient_matches_numerical_differentiation(tiny, mode):
     xi = 0.5 if mode == "exact" else 0.0
     trainer, model, train_batch, meta_batch = _gate_setting(tiny)
-    objective, n_groups = trainer.objective, trainer.item_groups.n_groups
-    theta = [p for _, p in trainer._inner_named]
-    outer = [p for _, p in trainer._outer_named]
-    names = [n for n, _ in trainer._outer_named]
+    objective, n_groups = trainer.training_step.objective, trainer.item_groups.n_groups
+    theta = [p for _, p in trainer.training_step.inner_named]
+    outer = [p for _, p in trainer.training_step.outer_named]
+    names = [n for n, _ in trainer.training_step.outer_named]
     assert names[-2:] == ["item_embedding.dual_view.gate_bias", "item_embedding.dual_view.gate_slope"]
-    init = trainer._outer_init
+    init = trainer.training_step.outer_init
     assert init[-2:] == [None, None] and init[0] is not None
 
     def problem():
@@ -130,10 +131,10 @@ def test_gate_moves_only_in_the_outer_step_and_e_stays_when_the_table_is_not_out
     assert [group["lr"] for group in trainer.outer_optimizer.param_groups] == [0.01]
     layer = model.item_embedding
     e_before = layer.llm_weight.detach().clone()
-    trainer._set_up_groups(train_data)
+    trainer.set_up(train_data)
     batch = next(iter(train_data))
     gate_before = [p.detach().clone() for p in layer.dual_view.gate_parameters()]
-    trainer._inner_step(batch, 0, 0)
+    trainer.training_step.inner_update(batch)
     assert all(torch.equal(a, b) for a, b in zip(gate_before, layer.dual_view.gate_parameters()))
     trainer.fit(train_data, valid_data, saved=False)
     assert torch.equal(layer.llm_weight, e_before)

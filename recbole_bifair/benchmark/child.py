@@ -1,6 +1,5 @@
 """The run process: ``python -m recbole_bifair.benchmark --run`` trains and tests one run of the
 harness and writes its outcome. It imports none of the harness, report and plot modules."""
-import contextlib
 import hashlib
 import json
 import os
@@ -12,6 +11,7 @@ from logging import getLogger
 import numpy as np
 
 from recbole_bifair.benchmark.records import METRIC_DIGITS, write_json_atomic
+from recbole_bifair.trainer.hooks import TrainerCallback
 
 
 RUN_FLAG = "--run"
@@ -36,9 +36,8 @@ def child_main():
         from recbole_bifair import quick_start
 
         watch = EvaluationWatch(request.get("report_k"))
-        with watch.watching(quick_start):
-            result = quick_start.run_recbole_bifair(model=request["model"], dataset=request["dataset"],
-                                                    config_dict=request["config"], saved=True)
+        result = quick_start.run_recbole_bifair(model=request["model"], dataset=request["dataset"],
+                                                config_dict=request["config"], saved=True, callbacks=[watch])
         outcome = {"status": "ok", **watch.record_fields(result), **result}
     except Exception as error:
         traceback.print_exc()
@@ -49,74 +48,52 @@ def child_main():
     return 0 if outcome["status"] == "ok" else 1
 
 
-class EvaluationWatch:
-    """Keeps, from the trainer of a run, what its record needs beyond the result dict: the
-    epoch cap and early-stopping settings of the resolved config, and each test user's
-    NDCG@k, from the rows RecBole's evaluator gets when the run tests its model.
+class EvaluationWatch(TrainerCallback):
+    """A trainer callback (``trainer.hooks``) that keeps, from a run, what its record needs
+    beyond the result dict: the epoch cap and early-stopping settings of the resolved config,
+    and each test user's NDCG@k, from the rows RecBole's evaluator gets when the run tests its
+    model.
 
-    ``watching(quick_start)`` wraps ``quick_start.prepare_run`` for the run; the trainer's
-    ``evaluate``, collector and evaluator are wrapped, not changed: the metrics see the same
-    data. Only evaluations of the test split are kept (the model's test, then any other
-    evaluation of the split, e.g. the prior-fairness one); ``record_fields(result)`` takes the
-    one whose result dict is ``result["test_result"]``."""
+    Nothing of the trainer is changed: the metrics see the same data. Only evaluations of the
+    test split are kept (the model's test, then any other evaluation of the split, e.g. the
+    prior-fairness one); ``record_fields(result)`` takes the one whose result dict is
+    ``result["test_result"]``."""
 
     def __init__(self, k):
         self.k = k
         self.config = None
         self.dataset = None
+        self.test_data = None
         self.test_evaluations = []  # (result dict, struct, user id of each row or None)
         self._on_test_split = False
         self._batch_users = []
+        self._struct = None
 
-    @contextlib.contextmanager
-    def watching(self, quick_start):
-        prepare_run = quick_start.prepare_run
+    def on_run_start(self, trainer, config, dataset, test_data):
+        self.config, self.dataset, self.test_data = config, dataset, test_data
+        if not hasattr(getattr(trainer, "eval_collector", None), "listen"):
+            getLogger().warning("Per-user test values not recorded: the trainer's collector reports no batches.")
 
-        def prepare_and_watch(config):
-            prepared = prepare_run(config)
-            self.attach(config, prepared[0], prepared[-1], prepared[3])
-            return prepared
+    def on_evaluation_start(self, trainer, eval_data):
+        self._on_test_split = self.test_data is not None and eval_data is self.test_data
+        self._batch_users, self._struct = [], None
 
-        quick_start.prepare_run = prepare_and_watch
-        try:
-            yield self
-        finally:
-            quick_start.prepare_run = prepare_run
+    def on_evaluation_batch(self, trainer, scores, interaction):
+        if self._on_test_split:
+            user_field = self.config["USER_ID_FIELD"]
+            users = interaction[user_field] if user_field in interaction else None
+            rows_are_users = users is not None and len(users) == len(scores)
+            self._batch_users.append(users.detach().cpu().numpy() if rows_are_users else None)
 
-    def attach(self, config, dataset, trainer, test_data):
-        self.config, self.dataset = config, dataset
-        collector, evaluator = getattr(trainer, "eval_collector", None), getattr(trainer, "evaluator", None)
-        if collector is None or evaluator is None:
-            getLogger().warning("Per-user test values not recorded: the trainer has no eval_collector/evaluator.")
-            return
-        evaluate_split, collect_batch, evaluate = trainer.evaluate, collector.eval_batch_collect, evaluator.evaluate
-        user_field = config["USER_ID_FIELD"]
+    def on_evaluation_struct(self, trainer, struct):
+        self._struct = struct
 
-        def watched_evaluate_split(eval_data, *args, **kwargs):
-            self._on_test_split, self._batch_users = eval_data is test_data, []
-            try:
-                return evaluate_split(eval_data, *args, **kwargs)
-            finally:
-                self._on_test_split = False
-
-        def watched_collect_batch(scores_tensor, interaction, positive_u, positive_i):
-            if self._on_test_split:
-                users = interaction[user_field] if user_field in interaction else None
-                rows_are_users = users is not None and len(users) == len(scores_tensor)
-                self._batch_users.append(users.detach().cpu().numpy() if rows_are_users else None)
-            return collect_batch(scores_tensor, interaction, positive_u, positive_i)
-
-        def watched_evaluate(struct):
-            result = evaluate(struct)
-            if self._on_test_split:
-                batches, self._batch_users = self._batch_users, []
-                complete = bool(batches) and all(b is not None for b in batches)
-                self.test_evaluations.append((result, struct, np.concatenate(batches) if complete else None))
-            return result
-
-        trainer.evaluate = watched_evaluate_split
-        collector.eval_batch_collect = watched_collect_batch
-        evaluator.evaluate = watched_evaluate
+    def on_evaluation_end(self, trainer, eval_data, result):
+        if self._on_test_split and self._struct is not None:
+            batches = self._batch_users
+            complete = bool(batches) and all(b is not None for b in batches)
+            self.test_evaluations.append((result, self._struct, np.concatenate(batches) if complete else None))
+        self._on_test_split, self._batch_users, self._struct = False, [], None
 
     def record_fields(self, result=None):
         """``epochs_cap``, ``stopping_step``, ``eval_step`` and ``test_users`` (when it could be

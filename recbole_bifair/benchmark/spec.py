@@ -305,7 +305,8 @@ INERT_SETTINGS = {"outer_prior_weight": (0.0, ("outer_prior_temperature", "outer
                   "meta_split": (None, ()),
                   "outer_llm_table": (True, ()),
                   "outer_gate_learning_rate": (None, ()),
-                  "fast_loader": (False, ())}  # YAML reads `off` as false
+                  "fast_loader": (False, ()),  # YAML reads `off` as false
+                  "item_group": (None, ())}
 
 
 def resolved_identity(model, dataset, config):

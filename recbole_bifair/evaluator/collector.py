@@ -43,6 +43,12 @@ class FairnessCollector(Collector):
         self._logged_evaluations = set()
         self.reranker = build_reranker(config)  # post-processing re-ranker (rerank.py); None = off
         self.distributed_padding = 0
+        self._trainer = None
+
+    def listen(self, trainer):
+        """Report each evaluated batch and each struct to ``trainer``'s callbacks
+        (``trainer.hooks``: ``on_evaluation_batch``, ``on_evaluation_struct``)."""
+        self._trainer = trainer
 
     def data_collect(self, train_data):
         super().data_collect(train_data)
@@ -57,6 +63,8 @@ class FairnessCollector(Collector):
             self.data_struct.set(GROUP_TRAIN_SHARE, self.item_groups.train_share.float())
 
     def eval_batch_collect(self, scores_tensor, interaction, positive_u, positive_i):
+        if self._trainer is not None:
+            self._trainer.emit("on_evaluation_batch", scores_tensor, interaction)
         if self.reranker is not None:
             item_group = self._item_group_for(scores_tensor.device)
             scores_tensor = self.reranker.rerank_scores(scores_tensor, item_group)
@@ -86,6 +94,8 @@ class FairnessCollector(Collector):
         for key in PER_EVALUATION_KEYS:
             if key in self.data_struct:
                 del self.data_struct[key]
+        if self._trainer is not None:
+            self._trainer.emit("on_evaluation_struct", returned)
         return returned
 
     def _gather_rows_of_all_ranks(self):
@@ -127,3 +137,13 @@ def _slots_holding_positives(topk_idx, positive_u, positive_i, n_items):
 
 def _signature(positives):
     return tuple(int(c) for c in positives)
+
+
+def use_in_recbole_trainers():
+    """RecBole's trainers build their collector through the name ``Collector`` in
+    ``recbole.trainer.trainer``; the fairness metrics need :class:`FairnessCollector` (a
+    subclass that also collects each ranked item's group), so that name points to it
+    (idempotent)."""
+    import recbole.trainer.trainer as trainer_module
+
+    trainer_module.Collector = FairnessCollector

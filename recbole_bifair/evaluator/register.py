@@ -5,7 +5,7 @@ RecBole keeps its metric registry in module-level objects of ``recbole.evaluator
 ``Register`` and ``Evaluator`` and imported by name into ``recbole.evaluator`` and
 ``recbole.config.configurator`` (metric validation, ``valid_metric_bigger``). All of these names
 point at the same dict / list objects, so the metrics are inserted in place. This only adds
-names; the collector that computes what they need is installed by ``compat.apply``.
+names; the collector that computes what they need is installed by ``trainer.recbole_changes.apply``.
 """
 import recbole.evaluator.register as recbole_register
 

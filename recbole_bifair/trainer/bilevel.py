@@ -42,45 +42,9 @@ from recbole_bifair.trainer.losses import (
     example_losses, gradients, group_gradients_over, group_mean_losses, weighted_group_loss,
 )
 from recbole_bifair.trainer.resume import capture_random_state, restore_random_state
-
-HYPERGRADIENT_MODES = ("first_order", "finite_difference", "exact", "implicit")
-LOOKAHEAD_UPDATES = ("sgd", "optimizer")
-LOOKAHEAD_LEARNERS = ("adam", "adamw", "sgd")  # the inner optimisers whose rule lookahead_update can follow
-IMPLICIT_SOLVERS = ("neumann", "cg")
-
-
-@dataclass
-class HypergradientSettings:
-    """How the outer level differentiates through the inner one (module docstring)."""
-
-    mode: str = "first_order"
-    xi: float = 1e-3
-    beta: float = 0.0
-    steps: int = 1
-    update: str = "sgd"
-    truncate: Optional[int] = None
-    implicit_steps: int = 5
-    implicit_lr: float = 0.01
-    implicit_solver: str = "neumann"
-    implicit_damping: float = 0.0
-
-    def __post_init__(self):
-        if self.mode not in HYPERGRADIENT_MODES:
-            raise ValueError(f"hypergradient must be one of {HYPERGRADIENT_MODES}, got {self.mode!r}")
-        if self.update not in LOOKAHEAD_UPDATES:
-            raise ValueError(f"lookahead_update must be one of {LOOKAHEAD_UPDATES}, got {self.update!r}")
-        if self.implicit_solver not in IMPLICIT_SOLVERS:
-            raise ValueError(f"implicit_solver must be one of {IMPLICIT_SOLVERS}, got {self.implicit_solver!r}")
-        if self.mode == "finite_difference" and (self.steps != 1 or self.update != "sgd"):
-            raise ValueError("hypergradient finite_difference takes one SGD look-ahead step: "
-                             "set lookahead_steps: 1 and lookahead_update: sgd, or use exact.")
-
-    @property
-    def lookahead_is_identity(self):
-        """An SGD look-ahead with ``xi = 0`` leaves ``theta`` where it is: ``theta_k = theta``,
-        and the second-order part is 0 (the alternating scheme), so neither is computed."""
-        return self.mode != "implicit" and self.update == "sgd" and self.xi == 0
-
+from recbole_bifair.trainer.settings import (  # noqa: F401  (HypergradientSettings is read here)
+    HYPERGRADIENT_MODES, IMPLICIT_SOLVERS, LOOKAHEAD_LEARNERS, LOOKAHEAD_UPDATES, HypergradientSettings,
+)
 
 @dataclass
 class Hypergradient:
@@ -122,17 +86,14 @@ class LookAheadObjective:
     look-ahead ``theta'`` and perturbed ``theta +- eps v`` never touch the model's own weights.
 
     ``inner_names`` are theta's parameter names, ``llm_names`` E's, as in
-    ``model.named_parameters()``; ``item_group`` maps internal item ids to groups;
-    ``combine_losses(losses, items)`` turns per-example losses into the inner level's loss
-    (``GroupFairTrainer.combine_losses``)."""
+    ``model.named_parameters()``; ``policy`` (``losses.LossPolicy``, the one the inner step
+    uses) groups per-example losses and turns them into the inner level's loss."""
 
-    def __init__(self, model, inner_names, llm_names, item_group, n_groups, combine_losses):
+    def __init__(self, model, inner_names, llm_names, policy):
         self.module = _ExampleLossModule(model)
         self.inner_names = list(inner_names)
         self.llm_names = list(llm_names)
-        self.item_group = item_group
-        self.n_groups = n_groups
-        self.combine_losses = combine_losses
+        self.policy = policy
 
     def example_losses(self, theta, llm, interaction):
         """``(losses, items)`` of the examples of ``interaction`` with ``theta`` and ``E`` given
@@ -143,13 +104,12 @@ class LookAheadObjective:
 
     def group_losses(self, theta, llm, interaction):
         """``(L_g [K], n_g [K])`` on ``interaction``."""
-        losses, items = self.example_losses(theta, llm, interaction)
-        return group_mean_losses(losses, self.item_group[items], self.n_groups)
+        return self.policy.group_losses(*self.example_losses(theta, llm, interaction))
 
     def inner_loss(self, theta, llm, interaction):
-        """``L_in``: the inner level's loss, exactly as the inner step computes it."""
-        losses, items = self.example_losses(theta, llm, interaction)
-        return self.combine_losses(losses, items)
+        """``L_in``: the inner level's loss, exactly as the inner step computes it (the
+        balancer is not updated here)."""
+        return self.policy.combine(*self.example_losses(theta, llm, interaction))
 
 
 def proximity(llm, llm_init, beta):

@@ -1,5 +1,7 @@
-"""Per-example losses, per-group means and per-group gradients: the quantities both BiFair
-levels (and the fairness baselines' inner level) weight.
+"""The training loss of the group-aware trainers: per-example losses, per-group means and
+per-group gradients, and :class:`LossPolicy`, which turns them into one loss (group weights,
+IPS or the plain mean, plus the spread term). BiFair's two levels (and the fairness baselines'
+inner level) take the same policy object, so both levels see the same inner loss.
 
 RecBole's models return the batch-mean loss. ``unreduced_losses`` makes their loss modules
 return one value per example for the duration of a call, without touching the models' code.
@@ -153,3 +155,60 @@ def gradients(output, inputs, **kwargs):
         return [torch.zeros_like(x) for x in inputs]
     grads = torch.autograd.grad([outputs[i] for i in kept], inputs, allow_unused=True, **kwargs)
     return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)]
+
+
+class LossPolicy:
+    """The inner level's loss of a batch, from its per-example losses ``l_i`` of target items
+    ``i`` (``settings``: ``trainer.settings.GroupFairSettings``):
+
+    - ``inner_weighting: group``: ``sum_g w_g L_g / sum_g w_g`` with the ``balancer``'s weights
+      ``w`` (updated with the batch's group losses first, when the caller says so; an MGDA
+      balancer also gets the group gradients over ``shared_parameters``);
+    - ``item_ips``: ``sum_i v_i l_i / sum_i v_i`` with ``v_i = item_ips[i]``;
+    - ``none``: the mean of ``l_i``;
+
+    plus ``loss_spread_weight * Var_g(L_g)`` over the groups present in the batch.
+    ``item_group`` maps internal item ids to groups ``0 .. n_groups - 1``."""
+
+    def __init__(self, settings, item_group, n_groups, balancer, item_ips=None, shared_parameters=()):
+        self.settings = settings
+        self.item_group = item_group
+        self.n_groups = n_groups
+        self.balancer = balancer
+        self.item_ips = item_ips
+        self.shared_parameters = list(shared_parameters)
+
+    def group_losses(self, losses, items):
+        """``(L_g [K], n_g [K])`` of per-example ``losses`` of target ``items``."""
+        return group_mean_losses(losses, self.item_group[items], self.n_groups)
+
+    def combine(self, losses, items, update_balancer=False):
+        """One training loss from per-example ``losses`` of target ``items``; with
+        ``update_balancer`` the balancer first takes in this batch's group losses (the inner
+        step does; BiFair's look-ahead, which evaluates the same loss again, does not)."""
+        group_losses, counts = self.group_losses(losses, items)
+        weighting = self.settings.inner_weighting
+        if weighting == "group":
+            if update_balancer:
+                gradients_ = (group_gradients_over(group_losses, counts, self.shared_parameters)
+                              if self.balancer.needs_gradients else None)
+                self.balancer.update(group_losses.detach(), counts, gradients_)
+            loss = weighted_group_loss(group_losses, counts, self.balancer.weights().to(losses.device))
+        elif weighting == "item_ips":
+            weights = self.item_ips[items]
+            loss = (weights * losses).sum() / weights.sum()
+        else:
+            loss = losses.mean()
+        if self.settings.loss_spread_weight:
+            loss = loss + self.settings.loss_spread_weight * group_losses[counts > 0].var(unbiased=False)
+        return loss
+
+    def loss(self, model, interaction, update_balancer=True):
+        """The inner level's loss of ``model`` on ``interaction`` (updates the balancer)."""
+        losses, items = example_losses(model, interaction)
+        return self.combine(losses, items, update_balancer=update_balancer)
+
+    @property
+    def uses_balancer(self):
+        """Whether the balancer's weights enter the loss (logged each epoch)."""
+        return self.settings.inner_weighting == "group"

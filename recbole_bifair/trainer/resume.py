@@ -19,8 +19,10 @@ import time
 import numpy as np
 import torch
 
+from recbole_bifair.distributed import is_main_process
 from recbole_bifair.errors import BiFairInputError
 from recbole_bifair.files import save_atomically, write_text_atomically
+from recbole_bifair.trainer.hooks import TrainerCallback
 
 LAST_SUFFIX = "-last"
 PARTIAL_SUFFIX = "-partial"
@@ -76,21 +78,23 @@ def restore_random_states(states, train_data=None):
         train_data.generator.set_state(states["train_generator"])
 
 
-def keep_last_checkpoint(trainer, train_data, valid_scores, epoch_seconds):
-    """Make ``trainer`` save its last checkpoint when each epoch after the first begins (by
-    then the previous epoch's validation, early stopping and best checkpoint are done, and
-    no generator has moved for the new epoch). ``valid_scores``/``epoch_seconds`` are the
-    run's records, kept in the checkpoint for the resumed run's result dict."""
-    from recbole_bifair.distributed import is_main_process
+class KeepLastCheckpoint(TrainerCallback):
+    """Saves the trainer's last checkpoint when each epoch after the first begins (by then the
+    previous epoch's validation, early stopping and best checkpoint are done, and no generator
+    has moved for the new epoch). ``valid_scores``/``epoch_seconds`` are the run's records,
+    kept in the checkpoint for the resumed run's result dict."""
 
-    train_epoch = trainer._train_epoch
+    def __init__(self, train_data, valid_scores, epoch_seconds):
+        self.train_data, self.valid_scores, self.epoch_seconds = train_data, valid_scores, epoch_seconds
 
-    def train_epoch_after_saving_the_last(data, epoch_idx, *args, **kwargs):
+    def on_epoch_start(self, trainer, epoch_idx):
         if epoch_idx > trainer.start_epoch and is_main_process():
-            save_last_checkpoint(trainer, epoch_idx - 1, train_data, valid_scores, epoch_seconds)
-        return train_epoch(data, epoch_idx, *args, **kwargs)
+            save_last_checkpoint(trainer, epoch_idx - 1, self.train_data, self.valid_scores, self.epoch_seconds)
 
-    trainer._train_epoch = train_epoch_after_saving_the_last
+
+def keep_last_checkpoint(trainer, train_data, valid_scores, epoch_seconds):
+    """Make ``trainer`` save its last checkpoint at each epoch's start (:class:`KeepLastCheckpoint`)."""
+    return trainer.add_callback(KeepLastCheckpoint(train_data, valid_scores, epoch_seconds))
 
 
 def save_last_checkpoint(trainer, finished_epoch, train_data, valid_scores, epoch_seconds):
@@ -123,8 +127,6 @@ def save_last_checkpoint(trainer, finished_epoch, train_data, valid_scores, epoc
 def remove_last_checkpoint(trainer):
     """After ``fit`` returned: the run is over, so its last checkpoint and sidecar go (the best
     checkpoint stays); ``--resume=last`` never continues a finished run."""
-    from recbole_bifair.distributed import is_main_process
-
     path = last_checkpoint_path(trainer.saved_model_file)
     if is_main_process():
         for leftover in (path, sidecar_path(path), partial_checkpoint_path(path)):
@@ -191,12 +193,18 @@ def resume_run(trainer, resume, train_data, valid_scores, epoch_seconds):
     trainer.best_valid_result = extra["best_valid_result"]
     valid_scores[:] = extra["valid_scores"]
     epoch_seconds[:] = extra["epoch_seconds"]
-    train_epoch = trainer._train_epoch
-
-    def train_epoch_from_saved_random_states(data, epoch_idx, *args, **kwargs):
-        trainer._train_epoch = train_epoch
-        restore_random_states(extra["random_states"], train_data)
-        return train_epoch(data, epoch_idx, *args, **kwargs)
-
-    trainer._train_epoch = train_epoch_from_saved_random_states
+    trainer.add_callback(RestoreRandomStates(extra["random_states"], train_data))
     return path
+
+
+class RestoreRandomStates(TrainerCallback):
+    """At the first epoch a resumed run trains: the random and data-order states the last
+    checkpoint saved, so it continues as the interrupted run would have."""
+
+    def __init__(self, states, train_data):
+        self.states, self.train_data = states, train_data
+
+    def on_epoch_start(self, trainer, epoch_idx):
+        if self.states is not None:
+            states, self.states = self.states, None
+            restore_random_states(states, self.train_data)

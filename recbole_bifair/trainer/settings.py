@@ -3,16 +3,66 @@ BiFair's outer level (``properties/model/BiFair.yaml``), each value checked once
 
 The plugin's ``Config`` builds them when it is made (``config.check_plugin_settings``), so
 a bad value stops a run before any data is loaded; the trainers build them again from the same
-config and read their settings from them only. The defaults are those YAML files'.
+config and read their settings from them only. The defaults are those YAML files' and nowhere
+else: :class:`HypergradientSettings`, which tests and tools also build by hand, reads its
+defaults from ``properties/model/BiFair.yaml``.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 from recbole_bifair.config_values import choice, flag, non_negative_int, number, positive_int
 from recbole_bifair.errors import BiFairInputError
-from recbole_bifair.trainer.bilevel import (
-    HYPERGRADIENT_MODES, IMPLICIT_SOLVERS, LOOKAHEAD_LEARNERS, LOOKAHEAD_UPDATES, HypergradientSettings,
-)
+from recbole_bifair.files import read_properties
+
+HYPERGRADIENT_MODES = ("first_order", "finite_difference", "exact", "implicit")
+LOOKAHEAD_UPDATES = ("sgd", "optimizer")
+LOOKAHEAD_LEARNERS = ("adam", "adamw", "sgd")  # the inner optimisers whose rule lookahead_update can follow
+IMPLICIT_SOLVERS = ("neumann", "cg")
+
+
+def _bifair_default(key, kind=None):
+    """A field default read from ``properties/model/BiFair.yaml`` when a settings object is made."""
+
+    def default():
+        value = read_properties("model", "BiFair.yaml")[key]
+        return value if kind is None or value is None else kind(value)
+
+    return field(default_factory=default)
+
+
+@dataclass
+class HypergradientSettings:
+    """How the outer level differentiates through the inner one (``trainer.bilevel``). Each
+    field is the BiFair.yaml key named beside it, with that file's default."""
+
+    mode: str = _bifair_default("hypergradient")                 # hypergradient
+    xi: float = _bifair_default("lookahead_lr", float)            # lookahead_lr
+    beta: float = _bifair_default("proximity_weight", float)      # proximity_weight
+    steps: int = _bifair_default("lookahead_steps")               # lookahead_steps
+    update: str = _bifair_default("lookahead_update")             # lookahead_update
+    truncate: Optional[int] = _bifair_default("lookahead_truncate")  # lookahead_truncate
+    implicit_steps: int = _bifair_default("implicit_steps")       # implicit_steps
+    implicit_lr: float = _bifair_default("implicit_lr", float)    # implicit_lr
+    implicit_solver: str = _bifair_default("implicit_solver")     # implicit_solver
+    implicit_damping: float = _bifair_default("implicit_damping", float)  # implicit_damping
+
+    def __post_init__(self):
+        if self.mode not in HYPERGRADIENT_MODES:
+            raise ValueError(f"hypergradient must be one of {HYPERGRADIENT_MODES}, got {self.mode!r}")
+        if self.update not in LOOKAHEAD_UPDATES:
+            raise ValueError(f"lookahead_update must be one of {LOOKAHEAD_UPDATES}, got {self.update!r}")
+        if self.implicit_solver not in IMPLICIT_SOLVERS:
+            raise ValueError(f"implicit_solver must be one of {IMPLICIT_SOLVERS}, got {self.implicit_solver!r}")
+        if self.mode == "finite_difference" and (self.steps != 1 or self.update != "sgd"):
+            raise ValueError("hypergradient finite_difference takes one SGD look-ahead step: "
+                             "set lookahead_steps: 1 and lookahead_update: sgd, or use exact.")
+
+    @property
+    def lookahead_is_identity(self):
+        """An SGD look-ahead with ``xi = 0`` leaves ``theta`` where it is: ``theta_k = theta``,
+        and the second-order part is 0 (the alternating scheme), so neither is computed."""
+        return self.mode != "implicit" and self.update == "sgd" and self.xi == 0
+
 
 STRATEGIES = ("softmax", "mgda", "dro", "uniform", "inverse_frequency", "fixed")
 INNER_WEIGHTINGS = ("group", "item_ips", "none")

@@ -1,6 +1,8 @@
 """``valid_metric`` as a named trade-off of metrics, e.g. ``ndcg@10 - 0.5 * ndcggap@10``:
 a sum of terms ``[coefficient *] metric``, chosen on the validation split (RecBole's trainers
-use it once ``compat.allow_trade_off_valid_metric`` is applied)."""
+use it once :func:`allow_in_recbole_trainers` is applied)."""
+import functools
+
 from recbole_bifair.errors import BiFairInputError
 
 
@@ -37,3 +39,23 @@ def combined_valid_score(valid_result, expression):
             f"report; add it to `metrics`/`topk`. Reported: {', '.join(valid_result)}."
         )
     return sum(weight * valid_result[name] for weight, name in terms)
+
+
+def allow_in_recbole_trainers():
+    """Lets every RecBole trainer early-stop on a trade-off such as
+    ``valid_metric: "ndcg@10 - 0.5 * ndcggap@10"``: RecBole's trainer module looks
+    ``valid_metric`` up in the result dict; an expression is evaluated instead (idempotent)."""
+    import recbole.trainer.trainer as trainer_module
+
+    lookup = trainer_module.calculate_valid_score
+    if getattr(lookup, "_allows_trade_offs", False):
+        return
+
+    @functools.wraps(lookup)
+    def calculate_valid_score(valid_result, valid_metric=None):
+        if valid_metric is None or valid_metric in valid_result:
+            return lookup(valid_result, valid_metric)
+        return combined_valid_score(valid_result, valid_metric)
+
+    calculate_valid_score._allows_trade_offs = True
+    trainer_module.calculate_valid_score = calculate_valid_score
