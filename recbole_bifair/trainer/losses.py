@@ -75,7 +75,7 @@ def example_losses(model, interaction):
             f"(got shape {tuple(losses.shape)} for {items.shape[0]} examples), so the group-aware "
             "families cannot weight item groups; give the backbone a calculate_example_losses("
             "interaction) method returning (losses, items), or use a backbone listed as supported "
-            "in the README."
+            "in docs/models.md."
         )
     return losses, items
 
