@@ -108,7 +108,7 @@ def test_run_hyper_script_errors_in_one_line(tmp_path):
     out = subprocess.run([sys.executable, f"{REPO_ROOT}/run_hyper.py", "--model=SASRec", "--dataset=ml-100k"],
                          cwd=str(tmp_path), capture_output=True, text=True)
     assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert out.stderr.strip() == "error: no shipped search space for SASRec; name one with --params_file (README, Tuning)."
+    assert out.stderr.strip() == "error: no shipped search space for SASRec; name one with --params_file (docs/tuning.md)."
 
 
 def test_whole_number_steps_draw_ints():
