@@ -117,7 +117,8 @@ def group_mean_losses(losses, groups, n_groups):
     ``L_g = sum_{i: group(i) = g} l_i / n_g``; groups without examples get ``L_g = 0`` and
     ``n_g = 0`` (callers weight only groups with ``n_g > 0``)."""
     sums = losses.new_zeros(n_groups).index_add(0, groups, losses)
-    counts = torch.bincount(groups, minlength=n_groups).to(losses.dtype)
+    # counted by index_add, not bincount: its output size depends on the data, a host sync on a GPU
+    counts = losses.new_zeros(n_groups).index_add(0, groups, torch.ones_like(losses))
     return sums / counts.clamp(min=1), counts
 
 
