@@ -60,3 +60,21 @@ def test_extra_rows_are_trainable_vectors_after_the_llm_rows():
     assert layer.num_embeddings == 7
     assert torch.equal(layer(torch.tensor([6]))[0], layer.extra_weight[0])
     assert layer.weight.shape == (7, 4)
+
+
+def test_the_whole_table_path_of_a_gpu_gives_the_same_vectors_and_gradients(monkeypatch):
+    """On a GPU the layer projects every row and looks the ids up (no data-dependent shapes);
+    forced here on the CPU, it agrees with the distinct-items path within float tolerance."""
+    ids = torch.tensor([[0, 1, 2, 6], [3, 3, 0, 5]])
+    results = []
+    for whole_table in (False, True):
+        monkeypatch.setattr(LLMItemEmbedding, "_projects_every_row", staticmethod(lambda ids, w=whole_table: w))
+        layer = make_layer(freeze=False, n_extra_rows=1).eval()
+        out = layer(ids)
+        (out * torch.arange(out.numel()).view_as(out)).sum().backward()
+        results.append((out.detach(), layer.llm_weight.grad.clone(), layer.extra_weight.grad.clone(),
+                        layer.projector[0].weight.grad.clone()))
+    for distinct, whole in zip(*results):
+        assert torch.allclose(distinct, whole, atol=1e-6)
+    assert torch.count_nonzero(results[1][0][0, 0]) == 0  # padding stays zero
+    assert torch.count_nonzero(results[1][1][4]) == 0, "a row no id names gets no gradient"

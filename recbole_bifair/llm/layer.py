@@ -262,7 +262,12 @@ class LLMItemEmbedding(nn.Module):
         return torch.cat([self.project(self.llm_weight, ids), self.extra_weight], dim=0)
 
     def forward(self, ids):
-        """Item vectors for ``ids`` of any shape; each distinct item is projected once."""
+        """Item vectors for ``ids`` of any shape. On a CPU each distinct item is projected once;
+        on a GPU the whole table is, and looked up: ``unique`` and boolean masks have
+        data-dependent sizes, each a host synchronisation, and a GPU projects a table of
+        thousands of rows in about the time of a few (the vectors agree within float tolerance)."""
+        if self._projects_every_row(ids):
+            return F.embedding(ids, self.weight)
         unique_ids, inverse = torch.unique(ids, return_inverse=True)
         is_llm_row = unique_ids < self.n_llm_rows
         llm_ids = unique_ids[is_llm_row]
@@ -273,6 +278,10 @@ class LLMItemEmbedding(nn.Module):
         # an embedding lookup, not vectors[inverse]: indexing's backward accumulates the rows
         # in thread order on a CPU, so runs with several threads would not repeat exactly
         return F.embedding(inverse, vectors)
+
+    @staticmethod
+    def _projects_every_row(ids):
+        return ids.is_cuda
 
     def extra_repr(self):
         view = "llm" if self.dual_view is None else f"dual/{self.dual_view.fusion}"
