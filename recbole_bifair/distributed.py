@@ -41,11 +41,11 @@ def is_main_process():
 
 
 def check_finite_on_all_ranks(loss):
-    """Whether ``loss`` is finite on every rank: a rank that stopped alone would leave the
-    others waiting in their next collective call."""
+    """Whether every value of ``loss`` is finite on every rank: a rank that stopped alone would
+    leave the others waiting in their next collective call."""
     if not is_distributed():
-        return bool(torch.isfinite(loss))
-    finite = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
+        return bool(torch.isfinite(loss).all())
+    finite = torch.isfinite(loss.detach()).all().to(torch.float32).reshape(1)
     dist.all_reduce(finite, op=dist.ReduceOp.MIN)
     return bool(finite.item())
 

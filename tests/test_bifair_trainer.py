@@ -20,6 +20,20 @@ def test_nan_loss_stops_with_a_clear_error(tiny):
         trainer.training_step.inner_update(next(iter(train_data)))
 
 
+def test_losses_checked_together_name_the_first_bad_batch(tiny):
+    """On a GPU the losses are checked every few steps (one host sync): the error still names
+    the first non-finite loss, and a clean batch of checks passes."""
+    _, train_data, _, _, _, trainer = tiny()
+    step = trainer.set_up(train_data)
+    step._unchecked = [(torch.tensor(1.0), "inner", 0, 3), (torch.tensor(float("inf")), "outer", 0, 4),
+                       (torch.tensor(float("nan")), "inner", 0, 5)]
+    with pytest.raises(BiFairTrainingError, match="The outer loss is inf at epoch 0, batch 4"):
+        step.check_losses()
+    step._unchecked = [(torch.tensor(2.0), "inner", 1, 0)]
+    step.check_losses()
+    assert step._unchecked == []
+
+
 def _final_parameters(trainer):
     return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
 

@@ -83,15 +83,17 @@ class GroupFairTrainer(TrainerHooks, Trainer):
             train_data.sampler.set_epoch(epoch_idx)
         step = self.training_step
         step.start_epoch(epoch_idx)
-        total_loss, previous = 0.0, None
+        # summed on the device in float64: the same sum as of each loss's value, without a sync per step
+        total_loss, previous = torch.zeros((), dtype=torch.float64, device=self.device), None
         for interaction in batches:
             batch = step.training_rows(interaction.to(self.device))
-            total_loss += step.step(previous, batch)
+            total_loss += step.step(previous, batch).double()
             previous = batch
             if self.gpu_available and show_progress:
                 batches.set_postfix_str(set_color("GPU RAM: " + get_gpu_usage(self.device), "yellow"))
+        step.check_losses()
         self._log_epoch(epoch_idx)
-        return total_loss
+        return total_loss.item()
 
     def _log_epoch(self, epoch_idx):
         """The group weights the loss used, in the log and TensorBoard."""

@@ -40,6 +40,11 @@ from recbole_bifair.trainer.resume import capture_random_state, restore_random_s
 from recbole_bifair.trainer.settings import GroupFairSettings, OuterLevelSettings
 
 
+# On a GPU the losses are checked for non-finite values every this many of them (one host
+# synchronisation each time) and at the end of every epoch; on a CPU, each at once.
+FINITE_CHECK_EVERY_ON_GPU = 16
+
+
 class BiFairTrainingError(FloatingPointError):
     """A training loss became NaN or infinite; training stops instead of skipping the batch."""
 
@@ -58,6 +63,7 @@ class TrainingStep:
         self.outer_balancer, self.prior_term, self.meta_split = outer_balancer, prior_term, meta_split
         self.device = device
         self.epoch, self.batch_index, self.outer_steps = 0, 0, 0
+        self._unchecked = []  # (loss, level, epoch, batch) not checked for non-finite values yet
         self.diagnostics, self._epoch_diagnostics = [], []
         if outer is not None:
             inner_ids = {id(p) for p in model.inner_parameters()}
@@ -82,7 +88,8 @@ class TrainingStep:
 
     def step(self, previous_batch, batch):
         """The updates of ``batch`` (rows from :meth:`training_rows`), ``previous_batch`` the
-        batch before it in this epoch (None for the first); returns the inner loss."""
+        batch before it in this epoch (None for the first); returns the inner loss (a detached
+        tensor on the run's device)."""
         outer = self.outer
         if (outer is not None and outer.takes_outer_steps and previous_batch is not None
                 and self.batch_index % outer.every == 0):
@@ -108,7 +115,7 @@ class TrainingStep:
             for p, flag in zip(held, trainable):
                 p.requires_grad_(flag)
         self._apply(self.model.inner_parameters(), self.optimizer)
-        return loss.item()
+        return loss.detach()
 
     def joint_update(self, batch):
         """``llm_update: joint``: theta and E both take the policy's loss's gradient."""
@@ -119,7 +126,7 @@ class TrainingStep:
         loss.backward()
         self._apply(self.model.inner_parameters(), self.optimizer)
         self._apply(self.model.outer_parameters(), self.outer_optimizer)
-        return loss.item()
+        return loss.detach()
 
     def outer_update(self, lookahead_batch, meta_batch):
         """One update of E (and the gates): the hypergradient of ``F``, the diagnostic, the
@@ -144,12 +151,29 @@ class TrainingStep:
         optimizer.step()
 
     def _check_finite(self, loss, level):
-        if not distributed.check_finite_on_all_ranks(loss):
-            value = loss.item() if not torch.isfinite(loss) else "not finite on another process"
-            raise BiFairTrainingError(
-                f"The {level} loss is {value} at epoch {self.epoch}, batch {self.batch_index}: training stopped. "
-                "Lower learning_rate (and outer_learning_rate), or set clip_grad_norm."
-            )
+        """Checks ``loss`` at once on a CPU; on a GPU with the next :meth:`check_losses`."""
+        self._unchecked.append((loss.detach().reshape(()), level, self.epoch, self.batch_index))
+        if loss.device.type != "cuda" or len(self._unchecked) >= FINITE_CHECK_EVERY_ON_GPU:
+            self.check_losses()
+
+    def check_losses(self):
+        """Stops training (``BiFairTrainingError``) at the first loss not checked yet that is NaN
+        or infinite, on this process or another; one host synchronisation."""
+        pending, self._unchecked = self._unchecked, []
+        if not pending:
+            return
+        values = torch.stack([value for value, *_ in pending])
+        if distributed.check_finite_on_all_ranks(values):
+            return
+        local = torch.isfinite(values)
+        if bool(local.all()):
+            value, (level, epoch, batch) = "not finite on another process", pending[0][1:]
+        else:
+            first = int((~local).nonzero()[0])
+            value, (level, epoch, batch) = pending[first][0].item(), pending[first][1:]
+        raise BiFairTrainingError(
+            f"The {level} loss is {value} at epoch {epoch}, batch {batch}: training stopped. "
+            "Lower learning_rate (and outer_learning_rate), or set clip_grad_norm.")
 
     # ----- the hypergradient and its diagnostic -----------------------------------------------
     def hypergradient(self, lookahead_batch, meta_batch, settings, outer_balancer, prior_term):
