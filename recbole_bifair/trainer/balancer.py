@@ -99,25 +99,24 @@ class SoftmaxBalancer(Balancer):
         self.seen = torch.zeros(n_groups, dtype=torch.bool)
 
     def update(self, group_losses, counts, group_gradients=None):
-        losses, present = group_losses.detach().float().cpu(), counts.cpu() > 0
-        first = present & ~self.seen
-        later = present & self.seen
-        self.smoothed_losses[first] = losses[first]
-        self.smoothed_losses[later] = self.ema_decay * self.smoothed_losses[later] + (1 - self.ema_decay) * losses[later]
-        self.seen |= present
+        losses, present = group_losses.detach().float(), counts > 0
+        smoothed, seen = self.smoothed_losses.to(losses.device), self.seen.to(losses.device)
+        moved = torch.where(seen, self.ema_decay * smoothed + (1 - self.ema_decay) * losses, losses)
+        self.smoothed_losses = torch.where(present, moved, smoothed)
+        self.seen = seen | present
 
     def weights(self):
-        if not self.seen.any():
-            return torch.full((self.n_groups,), 1.0 / self.n_groups)
-        mean_seen = self.smoothed_losses[self.seen].mean()
+        # uniform before any group is seen (every filled loss is then 0); no host synchronisation
+        seen_total = torch.where(self.seen, self.smoothed_losses, 0.0).sum()
+        mean_seen = seen_total / self.seen.sum().clamp(min=1)
         filled = torch.where(self.seen, self.smoothed_losses, mean_seen)
         return torch.softmax(filled / self.current_temperature(filled), dim=0)
 
     def current_temperature(self, filled_losses):
         if self.contrast is None:
             return self.temperature
-        spread = float(filled_losses.max() - filled_losses.min())
-        return spread / self.contrast if spread > 0 else math.inf
+        spread = (filled_losses.max() - filled_losses.min()).double()
+        return torch.where(spread > 0, spread / self.contrast, math.inf).float()
 
     def state_dict(self):
         return {"smoothed_losses": self.smoothed_losses.clone(), "seen": self.seen.clone()}
@@ -132,8 +131,9 @@ class GroupDROBalancer(Balancer):
         self.q = torch.full((n_groups,), 1.0 / n_groups)
 
     def update(self, group_losses, counts, group_gradients=None):
-        present = (counts.cpu() > 0).float()
-        self.q = self.q * torch.exp(self.step_size * group_losses.detach().float().cpu() * present)
+        present = (counts > 0).float()
+        q = self.q.to(present.device)
+        self.q = q * torch.exp(self.step_size * group_losses.detach().float() * present)
         self.q = self.q / self.q.sum()
 
     def weights(self):
@@ -174,11 +174,13 @@ class MGDABalancer(Balancer):
         self._weights = torch.full((n_groups,), 1.0 / n_groups)
 
     def update(self, group_losses, counts, group_gradients=None):
-        present = (counts.cpu() > 0).nonzero().flatten()
+        grads = group_gradients.detach().double()
+        # the K x K Gram matrix and the counts are all that go to the host (the solver runs there)
+        gram, counts = (grads @ grads.T).cpu(), counts.cpu()
+        present = (counts > 0).nonzero().flatten()
         if len(present) == 0:
             return
-        grads = group_gradients.detach().double().cpu()[present]
-        solution = min_norm_weights(grads @ grads.T, self.entropy_weight)
+        solution = min_norm_weights(gram[present][:, present], self.entropy_weight)
         mass = self._weights[present].sum()
         self._weights[present] = solution * mass
 

@@ -45,8 +45,6 @@ class GroupFairTrainer(TrainerHooks, Trainer):
         self.item_groups = None
         self.training_step = None
         self._resumed_state = None
-        if config["enable_amp"]:
-            self.logger.warning(f"{type(self).__name__} trains in full precision: enable_amp is ignored.")
 
     def _build_optimizer(self, **kwargs):
         kwargs.setdefault("params", self.model.inner_parameters())

@@ -129,17 +129,32 @@ def weighted_group_loss(group_losses, counts, weights):
     return (effective * group_losses).sum() / effective.sum().clamp(min=1e-12)
 
 
+def present_variance(values, present):
+    """The population variance of ``values`` where ``present``: on the CPU by ``Tensor.var``
+    over the present values (the computation of the recorded runs), on a GPU by
+    :func:`masked_variance`, since a boolean index is a host synchronisation there."""
+    if values.device.type == "cpu":
+        return values[present].var(unbiased=False)
+    return masked_variance(values, present)
+
+
+def masked_variance(values, present):
+    """The population variance of ``values`` where ``present``, with masks only (equal to the
+    boolean-index variance within float rounding; 0 when nothing is present)."""
+    weights = present.to(values.dtype)
+    n_present = weights.sum().clamp(min=1)
+    mean = (weights * values).sum() / n_present
+    return (weights * (values - mean) ** 2).sum() / n_present
+
+
 def group_gradients_over(group_losses, counts, params):
-    """``[K, P]``: each present group's loss gradient over ``params``, flattened; zeros for
-    groups without examples. (What the ``mgda`` balancer compares.)"""
-    size = sum(p.numel() for p in params)
+    """``[K, P]``: each group's loss gradient over ``params``, flattened; zeros for groups
+    without examples (their loss does not depend on any example). (What the ``mgda`` balancer
+    compares.) Every group is differentiated, so that no count is read on the host."""
     rows = []
     for g in range(len(group_losses)):
-        if counts[g] > 0:
-            grads = gradients(group_losses[g], params, retain_graph=True)
-            rows.append(torch.cat([x.flatten() for x in grads]))
-        else:
-            rows.append(group_losses.new_zeros(size))
+        grads = gradients(group_losses[g], params, retain_graph=True)
+        rows.append(torch.cat([x.flatten() for x in grads]))
     return torch.stack(rows).detach()
 
 
@@ -201,7 +216,7 @@ class LossPolicy:
         else:
             loss = losses.mean()
         if self.settings.loss_spread_weight:
-            loss = loss + self.settings.loss_spread_weight * group_losses[counts > 0].var(unbiased=False)
+            loss = loss + self.settings.loss_spread_weight * present_variance(group_losses, counts > 0)
         return loss
 
     def loss(self, model, interaction, update_balancer=True):

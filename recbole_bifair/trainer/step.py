@@ -21,6 +21,11 @@ with the outer optimiser. The fairness baselines (``IPS``, ``GroupDRO``, ``VarRe
 outer level: step 2 only. Each update: zero the gradients, the loss, a stop on a non-finite
 loss (on any rank), backward, the ranks' average (``distributed``), clipping
 (``clip_grad_norm``), the optimiser's step.
+
+Mixed precision follows RecBole's trainer: with ``enable_amp`` the inner (and joint) update's
+forward runs under ``torch.autocast``, and with ``enable_scaler`` on a GPU its backward is scaled
+by a ``GradScaler`` (unscaled before clipping). The outer hypergradient, which differentiates
+through a look-ahead step, stays in full precision.
 """
 import copy
 from dataclasses import replace
@@ -56,8 +61,11 @@ class TrainingStep:
     optional ``meta_split``."""
 
     def __init__(self, model, policy, optimizer, clip_grad_norm=None, outer=None, outer_optimizer=None,
-                 outer_balancer=None, prior_term=None, meta_split=None, device=None):
+                 outer_balancer=None, prior_term=None, meta_split=None, device=None, enable_amp=False,
+                 scaler=None):
         self.model, self.policy, self.optimizer = model, policy, optimizer
+        self.enable_amp = bool(enable_amp)
+        self.scaler = scaler if scaler is not None else torch.amp.GradScaler("cpu", enabled=False)
         self.clip_grad_norm = clip_grad_norm
         self.outer, self.outer_optimizer = outer, outer_optimizer
         self.outer_balancer, self.prior_term, self.meta_split = outer_balancer, prior_term, meta_split
@@ -108,24 +116,28 @@ class TrainingStep:
         for p in held:
             p.requires_grad_(False)
         try:
-            loss = self.policy.loss(self.model, batch, update_balancer=True)
+            with self._autocast():
+                loss = self.policy.loss(self.model, batch, update_balancer=True)
             self._check_finite(loss, "inner")
-            loss.backward()
+            self.scaler.scale(loss).backward()
         finally:
             for p, flag in zip(held, trainable):
                 p.requires_grad_(flag)
-        self._apply(self.model.inner_parameters(), self.optimizer)
+        self._apply(self.model.inner_parameters(), self.optimizer, scaled=True)
+        self.scaler.update()
         return loss.detach()
 
     def joint_update(self, batch):
         """``llm_update: joint``: theta and E both take the policy's loss's gradient."""
         self.outer_optimizer.zero_grad()
         self.optimizer.zero_grad()
-        loss = self.policy.loss(self.model, batch, update_balancer=True)
+        with self._autocast():
+            loss = self.policy.loss(self.model, batch, update_balancer=True)
         self._check_finite(loss, "inner")
-        loss.backward()
-        self._apply(self.model.inner_parameters(), self.optimizer)
-        self._apply(self.model.outer_parameters(), self.outer_optimizer)
+        self.scaler.scale(loss).backward()
+        self._apply(self.model.inner_parameters(), self.optimizer, scaled=True)
+        self._apply(self.model.outer_parameters(), self.outer_optimizer, scaled=True)
+        self.scaler.update()
         return loss.detach()
 
     def outer_update(self, lookahead_batch, meta_batch):
@@ -144,11 +156,23 @@ class TrainingStep:
             param.grad = grad
         self._apply([p for _, p in self.outer_named], self.outer_optimizer, self.model.outer_parameters())
 
-    def _apply(self, params, optimizer, clipped=None):
+    def _autocast(self):
+        """RecBole's autocast of a training forward (``enable_amp``), on the model's device."""
+        device_type = next(self.model.parameters()).device.type
+        return torch.autocast(device_type=device_type, enabled=self.enable_amp)
+
+    def _apply(self, params, optimizer, clipped=None, scaled=False):
+        """Average over ranks, clip and step; ``scaled``: the gradients carry the scaler's
+        factor (unscaled before clipping; the scaler skips a step with non-finite gradients)."""
         distributed.average_gradients(params)
+        if scaled:
+            self.scaler.unscale_(optimizer)
         if self.clip_grad_norm:
             clip_grad_norm_(params if clipped is None else clipped, **self.clip_grad_norm)
-        optimizer.step()
+        if scaled:
+            self.scaler.step(optimizer)
+        else:
+            optimizer.step()
 
     def _check_finite(self, loss, level):
         """Checks ``loss`` at once on a CPU; on a GPU with the next :meth:`check_losses`."""
@@ -247,6 +271,8 @@ class TrainingStep:
             state["outer_steps"] = self.outer_steps
         if self.meta_split is not None:
             state["meta_split"] = self.meta_split.state_dict()
+        if self.scaler.is_enabled():
+            state["scaler"] = self.scaler.state_dict()
         return state
 
     def load_state_dict(self, state):
@@ -255,6 +281,8 @@ class TrainingStep:
         self.outer_steps = state.get("outer_steps", 0)
         if self.meta_split is not None and state.get("meta_split") is not None:
             self.meta_split.load_state_dict(state["meta_split"])
+        if self.scaler.is_enabled() and state.get("scaler") is not None:
+            self.scaler.load_state_dict(state["scaler"])
 
 
 def group_balancer(settings, item_groups):
@@ -263,11 +291,19 @@ def group_balancer(settings, item_groups):
     return distributed.SyncedBalancer(balancer) if distributed.is_distributed() else balancer
 
 
+def gradient_scaler(config):
+    """RecBole's rule: a gradient scaler with ``enable_scaler`` on a GPU run, else a disabled one."""
+    device_type = torch.device(config["device"]).type
+    enabled = bool(config["enable_scaler"]) and device_type == "cuda" and torch.cuda.is_available()
+    return torch.amp.GradScaler(device_type, enabled=enabled)
+
+
 def build_training_step(config, model, train_data, optimizer, outer_optimizer=None, logger=None):
     """The :class:`TrainingStep` of ``model`` (``BiFair<Backbone>`` when ``outer_optimizer`` is
     given) on ``train_data``: item groups from the training split (the ones the fairness
     metrics use), the loss policy and its balancer, and BiFair's outer level."""
     device = config["device"]
+    precision = {"enable_amp": config["enable_amp"], "scaler": gradient_scaler(config)}
     settings = GroupFairSettings.from_config(config)
     item_groups = build_item_groups(config, train_data.dataset)
     item_group = item_groups.item_group.to(device)
@@ -279,7 +315,7 @@ def build_training_step(config, model, train_data, optimizer, outer_optimizer=No
     shared = projector_output_parameters(model.llm_item_embeddings()[0].projector)
     policy = LossPolicy(settings, item_group, item_groups.n_groups, inner_balancer, item_ips, shared)
     if outer_optimizer is None:
-        step = TrainingStep(model, policy, optimizer, config["clip_grad_norm"], device=device)
+        step = TrainingStep(model, policy, optimizer, config["clip_grad_norm"], device=device, **precision)
         step.item_groups = item_groups
         return step
     outer = OuterLevelSettings.from_config(config)
@@ -296,6 +332,6 @@ def build_training_step(config, model, train_data, optimizer, outer_optimizer=No
             logger.info(f"meta split: {len(meta_split)} held-out training examples (each user's last) "
                         "for the outer objective; the inner level trains without them")
     step = TrainingStep(model, policy, optimizer, config["clip_grad_norm"], outer, outer_optimizer,
-                        outer_balancer, prior_term, meta_split, device)
+                        outer_balancer, prior_term, meta_split, device, **precision)
     step.item_groups = item_groups
     return step
