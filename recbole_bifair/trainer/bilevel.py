@@ -258,7 +258,7 @@ def outer_objective(problem, theta, llm, meta_batch):
     weights ``lambda`` then weight them, plus the proximity term."""
     meta_losses, meta_counts = problem.objective.group_losses(theta, llm, meta_batch)
     group_gradients = (
-        group_gradients_over(meta_losses, meta_counts, [theta[i] for i in problem.shared])
+        group_gradients_over(meta_losses, [theta[i] for i in problem.shared])
         if problem.balancer.needs_gradients
         else None
     )

@@ -147,7 +147,7 @@ def masked_variance(values, present):
     return (weights * (values - mean) ** 2).sum() / n_present
 
 
-def group_gradients_over(group_losses, counts, params):
+def group_gradients_over(group_losses, params):
     """``[K, P]``: each group's loss gradient over ``params``, flattened; zeros for groups
     without examples (their loss does not depend on any example). (What the ``mgda`` balancer
     compares.) Every group is differentiated, so that no count is read on the host."""
@@ -206,7 +206,7 @@ class LossPolicy:
         weighting = self.settings.inner_weighting
         if weighting == "group":
             if update_balancer:
-                gradients_ = (group_gradients_over(group_losses, counts, self.shared_parameters)
+                gradients_ = (group_gradients_over(group_losses, self.shared_parameters)
                               if self.balancer.needs_gradients else None)
                 self.balancer.update(group_losses.detach(), counts, gradients_)
             loss = weighted_group_loss(group_losses, counts, self.balancer.weights().to(losses.device))
