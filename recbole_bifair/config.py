@@ -207,7 +207,9 @@ def check_plugin_settings(config, family):
     from recbole_bifair.evaluator.groups import item_group_config
     from recbole_bifair.evaluator.rerank import rerank_config
     from recbole_bifair.llm.settings import LLMLayerSettings
-    from recbole_bifair.trainer.settings import GroupFairSettings, OuterLevelSettings
+    from recbole_bifair.trainer.settings import (
+        GroupFairSettings, OuterLevelSettings, refuse_learned_weights_outside_bifair,
+    )
 
     item_group_config(config)
     rerank_config(config)
@@ -216,6 +218,8 @@ def check_plugin_settings(config, family):
         LLMLayerSettings.from_config(config)
     if family in GROUP_FAIR_FAMILIES:
         GroupFairSettings.from_config(config)
+        if family != "BiFair":
+            refuse_learned_weights_outside_bifair(config)
     if family == "BiFair":
         OuterLevelSettings.from_config(config)
     if family == "LogitAdj":

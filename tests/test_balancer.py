@@ -115,7 +115,8 @@ def test_mgda_balancer_weights_absent_groups_keep_their_share():
 
 
 GOOD_SETTINGS = {"balancer_temperature": 1.0, "balancer_contrast": None, "balancer_ema_decay": 0.9,
-                 "mgda_entropy_weight": 0.1, "dro_step_size": 0.01, "fixed_group_weights": None}
+                 "mgda_entropy_weight": 0.1, "dro_step_size": 0.01, "fixed_group_weights": None,
+                 "learned_weight_learning_rate": 0.01}
 
 
 @pytest.mark.parametrize("key, value, message", [

@@ -47,8 +47,9 @@ def deterministic():
 
 
 @pytest.mark.parametrize("variant", [{}, dict(meta_split="last_train_item", dual_fusion="popularity_gate",
-                                              train_batch_size=128), dict(fast_loader="on")],
-                         ids=["default", "meta-split-gate", "fast-loader"])
+                                              train_batch_size=128), dict(fast_loader="on"),
+                                     dict(balancer="learned", meta_split="last_train_item", train_batch_size=128)],
+                         ids=["default", "meta-split-gate", "fast-loader", "learned-weights"])
 def test_resume_continues_exactly(tiny, deterministic, variant):
     settings = dict(epochs=2, eval_step=1, stopping_step=100, outer_every=1, valid_metric="Recall@10", **variant)
     _, train_data, valid_data, _, _, straight = tiny(**settings)

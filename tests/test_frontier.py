@@ -52,6 +52,8 @@ def test_a_run_of_another_study_with_the_same_fingerprint_is_reused(tmp_path):
     assert benchmark.is_finished(benchmark.load_record(spec, same), same)
     assert benchmark.load_record(spec, changed) is None
     assert not os.path.exists(benchmark.record_path(spec, same)), "reused, not copied"
+    benchmark.write_reports(spec)  # a report of reused runs only, into a folder not made yet
+    assert os.path.isfile(str(tmp_path / "this" / "tiny.md"))
 
 
 def _point(gap, ndcg):

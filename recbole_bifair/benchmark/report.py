@@ -409,6 +409,7 @@ def write_reports(spec, command=""):
             continue
         table = summary_table(dataset_runs, spec)
         columns = metric_columns(dataset_runs)
+        os.makedirs(spec.output_dir, exist_ok=True)  # a study of reused runs only has no folder yet
         base = os.path.join(spec.output_dir, _safe(dataset) + spec.report_suffix)
         write_text_atomically(base + ".csv", table.to_csv(index=False))
         plots, plot_notes = write_plots(table, base, spec.report_k)

@@ -302,6 +302,7 @@ RUN_CONTROL_KEYS = ("resume",)
 INERT_SETTINGS = {"outer_prior_weight": (0.0, ("outer_prior_temperature", "outer_prior_balancer")),
                   "outer_prior_balancer": (None, ()),
                   "balancer_contrast": (None, ()),
+                  "learned_weight_learning_rate": (0.01, ()),
                   "meta_split": (None, ()),
                   "outer_llm_table": (True, ()),
                   "outer_gate_learning_rate": (None, ()),

@@ -19,6 +19,9 @@ objective; a strategy turns the group losses of a batch into weights over the gr
 - ``inverse_frequency``: ``w_g`` proportional to ``1 / share_g``, the group's share of training
   interactions (an IPS-like baseline).
 - ``fixed``: user-given weights (``fixed_group_weights``).
+- ``learned`` (``BiFair<Backbone>`` with a meta split only): ``w = softmax(phi)``, ``phi``
+  learned by the outer level from the hypergradient of its objective on the meta split
+  (``bilevel.group_weight_hypergradient``: learning to reweight at the level of item groups).
 
 Weights are over all K groups and sum to 1; groups absent from a batch are skipped by the
 loss (``losses.weighted_group_loss``) and do not update a strategy's state. The strategies'
@@ -35,6 +38,7 @@ class Balancer:
     """Turns group losses into group weights; ``update`` once per batch, then ``weights``."""
 
     needs_gradients = False
+    learned = False  # True: the weights are BiFair outer variables (LearnedBalancer)
 
     def __init__(self, n_groups):
         self.n_groups = n_groups
@@ -191,6 +195,44 @@ class MGDABalancer(Balancer):
         return {"_weights": self._weights.clone()}
 
 
+class LearnedBalancer(Balancer):
+    """``w = softmax(phi)`` with ``phi`` (``log_weights``, zeros at the start: uniform weights)
+    moved by :meth:`step`, an Adam step of ``learning_rate`` on the gradient the outer level
+    computes (:meth:`set_gradient`); ``update`` takes nothing in. Learning to reweight (Ren et al., 2018) at the level
+    of item groups [ours]. ``phi`` moves to the gradient's device at the first step."""
+
+    learned = True
+
+    def __init__(self, n_groups, learning_rate):
+        super().__init__(n_groups)
+        self.learning_rate = learning_rate
+        self._set_log_weights(torch.zeros(n_groups))
+
+    def _set_log_weights(self, values):
+        self.log_weights = values.detach().clone().requires_grad_()
+        self.optimizer = torch.optim.Adam([self.log_weights], lr=self.learning_rate)
+
+    def weights(self):
+        return torch.softmax(self.log_weights.detach(), dim=0)
+
+    def set_gradient(self, gradient):
+        """``dF/dphi`` for the next :meth:`step`."""
+        if self.log_weights.device != gradient.device and not self.optimizer.state:
+            self._set_log_weights(self.log_weights.to(gradient.device))
+        self.log_weights.grad = gradient.detach().to(self.log_weights.dtype)
+
+    def step(self):
+        """One Adam step of ``phi`` along minus its gradient."""
+        self.optimizer.step()
+
+    def state_dict(self):
+        return {"log_weights": self.log_weights.detach().clone(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state):
+        self._set_log_weights(state["log_weights"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
 def build_balancer(settings, n_groups, train_share):
     """The balancer of ``settings`` (``trainer.settings.BalancerSettings``) over ``n_groups``."""
     strategy = settings.strategy
@@ -204,4 +246,6 @@ def build_balancer(settings, n_groups, train_share):
         return UniformBalancer(n_groups)
     if strategy == "inverse_frequency":
         return InverseFrequencyBalancer(n_groups, train_share)
+    if strategy == "learned":
+        return LearnedBalancer(n_groups, settings.learned_weight_learning_rate)
     return FixedBalancer(n_groups, settings.fixed_group_weights)

@@ -22,16 +22,18 @@ class BiFairTrainer(GroupFairTrainer):
         super().__init__(config, model)
         self.outer = OuterLevelSettings.from_config(config)
         self.hypergradient = self.outer.hypergradient
-        if not model.outer_parameters():
+        self.outer_optimizer = None  # the outer level may learn the group weights only
+        if model.outer_parameters():
+            self.outer_optimizer = self._build_optimizer(
+                params=self._outer_parameter_groups(model),
+                learner=self.outer.learner,
+                learning_rate=self.outer.learning_rate,
+                weight_decay=0.0,
+            )
+        elif not self.outer.learns_group_weights:
             raise BiFairInputError(
                 "outer_llm_table is False and the model has no popularity gate: BiFair's outer level has "
-                "nothing to update. Set outer_llm_table: True, or dual_fusion: popularity_gate.")
-        self.outer_optimizer = self._build_optimizer(
-            params=self._outer_parameter_groups(model),
-            learner=self.outer.learner,
-            learning_rate=self.outer.learning_rate,
-            weight_decay=0.0,
-        )
+                "nothing to update. Set outer_llm_table: True, dual_fusion: popularity_gate, or balancer: learned.")
 
     def _outer_parameter_groups(self, model):
         """The outer optimiser's parameter groups: the LLM tables at ``outer_learning_rate``, the
@@ -67,10 +69,13 @@ class BiFairTrainer(GroupFairTrainer):
         self.tensorboard.add_scalar("Hypergradient/second_order_share", entry["second_order_share"], epoch_idx)
 
     def _training_state(self):
-        return {**super()._training_state(), "outer_optimizer": self.outer_optimizer.state_dict()}
+        state = super()._training_state()
+        if self.outer_optimizer is not None:
+            state["outer_optimizer"] = self.outer_optimizer.state_dict()
+        return state
 
     def resume_checkpoint(self, resume_file):
         super().resume_checkpoint(resume_file)
         state = self._resumed_state or {}
-        if "outer_optimizer" in state:
+        if "outer_optimizer" in state and self.outer_optimizer is not None:
             self.outer_optimizer.load_state_dict(state["outer_optimizer"])

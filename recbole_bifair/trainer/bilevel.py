@@ -36,7 +36,7 @@ from typing import List, Optional
 
 import torch
 from torch import nn
-from torch.func import functional_call
+from torch.func import functional_call, jvp
 
 from recbole_bifair.trainer.losses import (
     example_losses, gradients, group_gradients_over, group_mean_losses, weighted_group_loss,
@@ -252,23 +252,72 @@ def outer_hypergradient(problem, *, lookahead_batch, meta_batch):
     return _split(direct, second, value)
 
 
-def outer_objective(problem, theta, llm, meta_batch):
+def outer_objective(problem, theta, llm, meta_batch, update_balancer=True):
     """``F`` at ``(E, theta)`` on ``meta_batch``: the group losses there update the outer
-    balancer (an MGDA balancer also gets their gradients over ``problem.shared``), whose
-    weights ``lambda`` then weight them, plus the proximity term."""
+    balancer (an MGDA balancer also gets their gradients over ``problem.shared``; not with
+    ``update_balancer=False``), whose weights ``lambda`` then weight them, plus the proximity
+    term."""
     meta_losses, meta_counts = problem.objective.group_losses(theta, llm, meta_batch)
-    group_gradients = (
-        group_gradients_over(meta_losses, [theta[i] for i in problem.shared])
-        if problem.balancer.needs_gradients
-        else None
-    )
-    problem.balancer.update(meta_losses.detach(), meta_counts, group_gradients)
+    if update_balancer:
+        group_gradients = (
+            group_gradients_over(meta_losses, [theta[i] for i in problem.shared])
+            if problem.balancer.needs_gradients
+            else None
+        )
+        problem.balancer.update(meta_losses.detach(), meta_counts, group_gradients)
     lambdas = problem.balancer.weights().to(meta_losses.device)
     value = weighted_group_loss(meta_losses, meta_counts, lambdas) + proximity(llm, problem.llm_init, problem.settings.beta)
     if problem.prior is not None:
         tables = [e for e, e0 in zip(llm, problem.llm_init) if e0 is not None]
         value = value + problem.prior(tables, meta_batch, lambdas)
     return value
+
+
+@dataclass
+class GroupWeightGradient:
+    """``dF/dphi / xi`` for the inner group weights' logits ``phi`` (``gradient`` [K]), and
+    ``F``'s value at the look-ahead."""
+
+    gradient: torch.Tensor
+    value: torch.Tensor
+
+
+def group_weight_hypergradient(problem, log_weights, batch, meta_batch, update_balancer=True):
+    """The outer level's hypergradient for the inner level's group weights ``w = softmax(phi)``
+    (``balancer: learned``): learning to reweight (Ren et al., 2018) with item groups in place of
+    examples [ours]. With ``L_in = sum_g c_g L_g + spread`` on ``batch`` (``c_g = w_g [n_g > 0]
+    / sum_h w_h [n_h > 0]``), the SGD look-ahead ``theta' = theta - xi grad_theta L_in`` and ``F``
+    on ``meta_batch`` at ``theta'`` (``E`` held):
+
+        dF/dphi = -xi * d/dphi sum_g c_g(phi) a_g,    a_g = <grad_theta L_g(theta), grad_theta F(theta')>
+
+    exactly, for one SGD step (the spread term does not depend on ``phi``). Returned divided by
+    ``xi`` (``lookahead_lr``; at ``xi = 0`` the limit, ``theta' = theta``), since the Adam step
+    of :class:`~recbole_bifair.trainer.balancer.LearnedBalancer` does not see the scale. A group
+    whose training gradient points where ``F`` falls gains weight."""
+    objective = problem.objective
+    theta = [t.detach() for t in problem.theta]
+    llm = [e.detach() for e in problem.llm]
+    theta_next = theta
+    if problem.settings.xi:
+        theta_grad = [t.requires_grad_() for t in theta]
+        inner_grads = gradients(objective.inner_loss(theta_grad, llm, batch), theta_grad)
+        theta_next = SGDUpdate(problem.settings.xi)(theta, inner_grads)
+    theta_at = [t.detach().requires_grad_() for t in theta_next]
+    value = outer_objective(problem, theta_at, llm, meta_batch, update_balancer)
+    direction = tuple(g.detach() for g in gradients(value, theta_at))
+
+    def group_losses_at(*values):
+        return objective.group_losses(list(values), llm, batch)
+
+    # a_g for every group at once: the group losses' derivative along grad F (forward mode)
+    _, alignment, counts = jvp(group_losses_at, tuple(t.detach() for t in theta), direction, has_aux=True)
+    phi = log_weights.detach().requires_grad_()
+    present = (counts > 0).to(phi.dtype)
+    weights = torch.softmax(phi, dim=0) * present
+    shares = weights / weights.sum().clamp(min=1e-30)
+    (gradient,) = torch.autograd.grad(-(shares * alignment.to(phi.dtype)).sum(), phi)
+    return GroupWeightGradient(gradient, value.detach())
 
 
 @dataclass

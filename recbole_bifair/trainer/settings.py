@@ -64,7 +64,7 @@ class HypergradientSettings:
         return self.mode != "implicit" and self.update == "sgd" and self.xi == 0
 
 
-STRATEGIES = ("softmax", "mgda", "dro", "uniform", "inverse_frequency", "fixed")
+STRATEGIES = ("softmax", "mgda", "dro", "uniform", "inverse_frequency", "fixed", "learned")
 INNER_WEIGHTINGS = ("group", "item_ips", "none")
 LLM_UPDATES = ("outer", "joint")
 META_SPLITS = ("last_train_item",)
@@ -81,6 +81,7 @@ class BalancerSettings:
     mgda_entropy_weight: float
     dro_step_size: float
     fixed_group_weights: Optional[Tuple[float, ...]]
+    learned_weight_learning_rate: float
 
     @classmethod
     def from_config(cls, config, strategy):
@@ -98,6 +99,8 @@ class BalancerSettings:
             mgda_entropy_weight=number(config, "mgda_entropy_weight", minimum=0.0),
             dro_step_size=number(config, "dro_step_size", minimum=0.0, strictly_above=True),
             fixed_group_weights=fixed_group_weights(config) if strategy == "fixed" else None,
+            learned_weight_learning_rate=number(config, "learned_weight_learning_rate", minimum=0.0,
+                                                strictly_above=True),
         )
 
 
@@ -138,6 +141,7 @@ class OuterLevelSettings:
     """BiFair's outer level: whether and where E is updated, how often, by which optimiser,
     with which group weights and which hypergradient."""
 
+    inner_strategy: str
     enabled: bool
     llm_update: str
     every: int
@@ -163,15 +167,30 @@ class OuterLevelSettings:
         """The joint control: E takes the inner loss's gradient in the inner step."""
         return self.enabled and self.llm_update == "joint"
 
+    @property
+    def learns_group_weights(self):
+        """The inner level's group weights are outer variables (``balancer: learned``)."""
+        return self.takes_outer_steps and self.inner_strategy == "learned"
+
     @classmethod
     def from_config(cls, config):
+        settings = cls._from_config(config)
+        if settings.inner_strategy == "learned":
+            check_learned_weights(settings)
+        return settings
+
+    @classmethod
+    def _from_config(cls, config):
+        outer_strategy = config["outer_balancer"] or (
+            "uniform" if config["balancer"] == "learned" else config["balancer"])
         return cls(
+            inner_strategy=config["balancer"],
             enabled=flag(config, "bifair_outer"),
             llm_update=choice(config, "llm_update", LLM_UPDATES),
             every=positive_int(config, "outer_every"),
             learner=config["outer_learner"],
             learning_rate=number(config, "outer_learning_rate", minimum=0.0, strictly_above=True),
-            balancer=BalancerSettings.from_config(config, config["outer_balancer"] or config["balancer"]),
+            balancer=BalancerSettings.from_config(config, outer_strategy),
             diagnostic_every=non_negative_int(config, "hypergradient_diagnostic_every"),
             hypergradient=hypergradient_settings(config),
             prior_weight=number(config, "outer_prior_weight", minimum=0.0),
@@ -183,6 +202,27 @@ class OuterLevelSettings:
             gate_learning_rate=(None if config["outer_gate_learning_rate"] is None
                                 else number(config, "outer_gate_learning_rate", minimum=0.0, strictly_above=True)),
         )
+
+
+def check_learned_weights(settings):
+    """``balancer: learned`` needs outer steps and a meta split to learn from, and an outer
+    objective that is not itself learned."""
+    if not settings.takes_outer_steps or settings.meta_split is None:
+        raise BiFairInputError(
+            "balancer: learned makes the inner group weights outer variables, learned on the meta split: "
+            "set bifair_outer: True, llm_update: outer and meta_split: last_train_item, or choose another balancer.")
+    if settings.balancer.strategy == "learned":
+        raise BiFairInputError(
+            "outer_balancer: learned is not a strategy of the outer objective; use uniform (balanced group "
+            "utility, the default with balancer: learned), softmax or another strategy.")
+
+
+def refuse_learned_weights_outside_bifair(config):
+    """The fairness baselines have no outer level to learn ``balancer: learned``'s weights."""
+    if config["balancer"] == "learned":
+        raise BiFairInputError(
+            "balancer: learned is learned by BiFair's outer level; use a BiFair<Backbone> model, "
+            "or another balancer (softmax, mgda, dro, uniform, inverse_frequency, fixed).")
 
 
 def hypergradient_settings(config):

@@ -9,7 +9,9 @@ For training batch ``B_t`` (``previous_batch`` is ``B_{t-1}``, None for an epoch
    batch on): ``E <- E - lr_out * dF/dE`` (``bilevel.outer_hypergradient``) with the look-ahead
    taken on ``B_{t-1}`` and ``F`` measured on ``B_t``, which the inner level has not used yet,
    or (``meta_split: last_train_item``) on the next batch of the meta split, each user's last
-   training example, which the inner level never trains on (``meta_split``);
+   training example, which the inner level never trains on (``meta_split``); with ``balancer:
+   learned`` the inner group weights take their outer step too, their look-ahead on ``B_t``
+   (``bilevel.group_weight_hypergradient``);
 2. inner update: ``theta <- theta - lr_in * grad_theta L_in(E, theta; B_t)``, ``L_in`` the
    :class:`~recbole_bifair.trainer.losses.LossPolicy`'s loss (group weights, IPS or the mean,
    plus the spread term), which the look-ahead of step 1 evaluates too; ``E`` and the outer
@@ -38,7 +40,9 @@ from recbole_bifair.evaluator.groups import build_item_groups, training_item_cou
 from recbole_bifair.evaluator.prior import PriorLoss
 from recbole_bifair.llm.layer import projector_output_parameters
 from recbole_bifair.trainer.balancer import build_balancer
-from recbole_bifair.trainer.bilevel import LookAheadObjective, OuterProblem, PriorTerm, outer_hypergradient
+from recbole_bifair.trainer.bilevel import (
+    LookAheadObjective, OuterProblem, PriorTerm, group_weight_hypergradient, outer_hypergradient,
+)
 from recbole_bifair.trainer.losses import LossPolicy
 from recbole_bifair.trainer.meta_split import MetaSplit
 from recbole_bifair.trainer.resume import capture_random_state, restore_random_state
@@ -102,7 +106,10 @@ class TrainingStep:
         if (outer is not None and outer.takes_outer_steps and previous_batch is not None
                 and self.batch_index % outer.every == 0):
             meta_batch = batch if self.meta_split is None else self.meta_split.next_batch().to(self.device)
-            self.outer_update(previous_batch, meta_batch)
+            if self.outer_named:
+                self.outer_update(previous_batch, meta_batch)
+            if outer.learns_group_weights:
+                self.group_weight_update(batch, meta_batch)
         loss = self.joint_update(batch) if outer is not None and outer.trains_jointly else self.inner_update(batch)
         self.batch_index += 1
         return loss
@@ -156,6 +163,20 @@ class TrainingStep:
             param.grad = grad
         self._apply([p for _, p in self.outer_named], self.outer_optimizer, self.model.outer_parameters())
 
+    def group_weight_update(self, batch, meta_batch):
+        """``balancer: learned``: one step of the inner group weights' logits along the
+        hypergradient of ``F`` (``bilevel.group_weight_hypergradient``), with ``batch`` the one
+        the inner update trains on next. The outer balancer takes in the meta batch here only
+        when no outer step of E has done so."""
+        balancer = self.policy.balancer
+        problem = self._outer_problem(self.outer.hypergradient, self.outer_balancer, None)
+        result = group_weight_hypergradient(problem, balancer.log_weights, batch, meta_batch,
+                                            update_balancer=not self.outer_named)
+        self._check_finite(result.value, "outer")
+        balancer.set_gradient(result.gradient)
+        distributed.average_gradients([balancer.log_weights])
+        balancer.step()
+
     def _autocast(self):
         """RecBole's autocast of a training forward (``enable_amp``), on the model's device."""
         device_type = next(self.model.parameters()).device.type
@@ -203,7 +224,11 @@ class TrainingStep:
     def hypergradient(self, lookahead_batch, meta_batch, settings, outer_balancer, prior_term):
         """``bilevel.Hypergradient`` of ``F`` at the current parameters (changes none of them;
         updates ``outer_balancer`` and the prior term's balancer)."""
-        problem = OuterProblem(
+        problem = self._outer_problem(settings, outer_balancer, prior_term)
+        return outer_hypergradient(problem, lookahead_batch=lookahead_batch, meta_batch=meta_batch)
+
+    def _outer_problem(self, settings, outer_balancer, prior_term):
+        return OuterProblem(
             objective=self.objective,
             theta=[p for _, p in self.inner_named],
             llm=[p for _, p in self.outer_named],
@@ -214,7 +239,6 @@ class TrainingStep:
             shared=tuple(self.shared_index),
             prior=prior_term,
         )
-        return outer_hypergradient(problem, lookahead_batch=lookahead_batch, meta_batch=meta_batch)
 
     def group_weighting_copy(self):
         """Copies of what an outer step updates besides E, the outer balancer and the prior
@@ -299,9 +323,10 @@ def gradient_scaler(config):
 
 
 def build_training_step(config, model, train_data, optimizer, outer_optimizer=None, logger=None):
-    """The :class:`TrainingStep` of ``model`` (``BiFair<Backbone>`` when ``outer_optimizer`` is
-    given) on ``train_data``: item groups from the training split (the ones the fairness
-    metrics use), the loss policy and its balancer, and BiFair's outer level."""
+    """The :class:`TrainingStep` of ``model`` on ``train_data``: item groups from the training
+    split (the ones the fairness metrics use), the loss policy and its balancer, and, for
+    ``BiFair<Backbone>``, the outer level with ``outer_optimizer`` (None when the group weights
+    are its only variables)."""
     device = config["device"]
     precision = {"enable_amp": config["enable_amp"], "scaler": gradient_scaler(config)}
     settings = GroupFairSettings.from_config(config)
@@ -314,11 +339,11 @@ def build_training_step(config, model, train_data, optimizer, outer_optimizer=No
     # K backward passes stay cheap]; with projector_residual, its MLP's last layer and the linear path
     shared = projector_output_parameters(model.llm_item_embeddings()[0].projector)
     policy = LossPolicy(settings, item_group, item_groups.n_groups, inner_balancer, item_ips, shared)
-    if outer_optimizer is None:
+    outer = OuterLevelSettings.from_config(config) if getattr(model, "bifair", False) else None
+    if outer is None or (outer_optimizer is None and not outer.learns_group_weights):
         step = TrainingStep(model, policy, optimizer, config["clip_grad_norm"], device=device, **precision)
         step.item_groups = item_groups
         return step
-    outer = OuterLevelSettings.from_config(config)
     outer_balancer = group_balancer(outer.balancer, item_groups)
     prior_term = None
     if outer.prior_weight:  # F's prior-unfairness term
