@@ -38,7 +38,6 @@ class Balancer:
     """Turns group losses into group weights; ``update`` once per batch, then ``weights``."""
 
     needs_gradients = False
-    learned = False  # True: the weights are BiFair outer variables (LearnedBalancer)
 
     def __init__(self, n_groups):
         self.n_groups = n_groups
@@ -198,10 +197,9 @@ class MGDABalancer(Balancer):
 class LearnedBalancer(Balancer):
     """``w = softmax(phi)`` with ``phi`` (``log_weights``, zeros at the start: uniform weights)
     moved by :meth:`step`, an Adam step of ``learning_rate`` on the gradient the outer level
-    computes (:meth:`set_gradient`); ``update`` takes nothing in. Learning to reweight (Ren et al., 2018) at the level
-    of item groups [ours]. ``phi`` moves to the gradient's device at the first step."""
-
-    learned = True
+    computes (:meth:`set_gradient`); ``update`` takes nothing in. Learning to reweight (Ren et
+    al., 2018) at the level of item groups [ours]. ``phi`` moves to the gradient's device at the
+    first step."""
 
     def __init__(self, n_groups, learning_rate):
         super().__init__(n_groups)

@@ -30,6 +30,8 @@ cosine recommender over ``E`` alone, so ``F`` can also target the prior unfairne
 
 Every call also returns the split of the hypergradient into its direct part and second-order
 part (:class:`Hypergradient`), BiFair's diagnostic of whether the nesting does anything.
+:func:`group_weight_hypergradient` is the outer level's gradient for the inner group weights
+when they are outer variables too (``balancer: learned``).
 """
 from dataclasses import dataclass, field
 from typing import List, Optional

@@ -222,7 +222,7 @@ def refuse_learned_weights_outside_bifair(config):
     if config["balancer"] == "learned":
         raise BiFairInputError(
             "balancer: learned is learned by BiFair's outer level; use a BiFair<Backbone> model, "
-            "or another balancer (softmax, mgda, dro, uniform, inverse_frequency, fixed).")
+            f"or another balancer ({', '.join(s for s in STRATEGIES if s != 'learned')}).")
 
 
 def hypergradient_settings(config):
