@@ -124,10 +124,17 @@ def test_report_draws_each_methods_frontier_and_reads_the_subject_against_the_ot
     assert "![tiny_frontier_test.png](tiny_frontier_test.png)" in markdown
 
 
-def test_no_frontier_section_without_a_sweep(tmp_path):
-    spec = benchmark.load_spec(write_spec(str(tmp_path), models=[{"name": "A", "model": "SASRec"}], seeds=[1]),
+def test_without_a_sweep_only_the_bootstrap_of_the_bifair_entry_against_the_others(tmp_path):
+    models = [{"name": "Base", "model": "SASRec"}, {"name": "BiFairX", "model": "BiFairSASRec"},
+              {"name": "IPSX", "model": "IPSSASRec"}]
+    spec = benchmark.load_spec(write_spec(str(tmp_path), models=models, seeds=[1, 2], reference="Base"),
                                output_dir=str(tmp_path / "out"))
-    groups = np.arange(10) % 2
-    write_records(spec, lambda name, seed: _fields(np.linspace(0, 0.5, 10), groups))
+    groups = np.arange(200) % 2
+    base = np.where(groups == 0, 0.3, 0.1)
+    tail_gain = {"Base": 0.0, "BiFairX": 0.1, "IPSX": 0.02}
+    write_records(spec, lambda name, seed: _fields(base + np.where(groups == 1, tail_gain[name], 0.0), groups))
     markdown, _ = report(spec)
     assert "Frontiers" not in markdown and not os.path.exists(os.path.join(spec.output_dir, "tiny_frontier_valid.png"))
+    section = markdown.split("### Paired bootstrap", 1)[1].split("\n\n", 2)[2].split("\n\n")[0]
+    pairs = {tuple(cell.strip() for cell in line.strip("|").split("|")[:2]) for line in section.splitlines()[2:]}
+    assert pairs == {("BiFairX", "Base"), ("IPSX", "Base"), ("BiFairX", "IPSX")}

@@ -100,11 +100,11 @@ def matched_gap_rows(curves, subject):
 
 
 def default_subject(spec):
-    """The method whose curve the others are read against: the first swept ``BiFair`` method."""
-    for entry in spec.models:
-        if entry.method and entry.model.startswith("BiFair"):
-            return entry.method
-    return None
+    """The method whose curve the others are read against: the first swept ``BiFair`` method, or,
+    in a spec without one, the first ``BiFair`` entry."""
+    bifair = [entry for entry in spec.models if entry.model.startswith("BiFair")]
+    swept = [entry for entry in bifair if entry.method]
+    return method_of((swept or bifair)[0]) if bifair else None
 
 
 # ---- paired bootstrap over test users ---------------------------------------------------------
@@ -176,9 +176,11 @@ def bootstrap_between(ok_runs, name, other, k):
 # ---- the report section ---------------------------------------------------------------------------
 
 def frontier_section(ok_runs, spec):
-    """Markdown lines of the report's frontier section (empty when the spec sweeps nothing)."""
+    """Markdown lines of the report's frontier section; a spec that sweeps nothing gets its paired
+    bootstrap only (every model against the reference, the BiFair entry against every other)."""
+    subject = default_subject(spec)
     if not any(entry.knob for entry in spec.models):
-        return []
+        return bootstrap_lines(ok_runs, spec, subject)
     k = spec.report_k
     lines = [f"## Frontiers (@{k}): each method over its knob", "",
              f"Each method's points (mean over seeds) over the value of its knob, on valid (where knobs are "
@@ -186,7 +188,6 @@ def frontier_section(ok_runs, spec):
              f"above another keeps more NDCG@{k} at the same gap.", ""]
     for split in ("valid", "test"):
         lines += [f"### {split}", "", points_table(frontier_points(ok_runs, spec, split)), ""]
-    subject = default_subject(spec)
     if subject:
         lines += matched_gap_lines(ok_runs, spec, subject)
     lines += bootstrap_lines(ok_runs, spec, subject)
